@@ -1,0 +1,29 @@
+# hvds: the two commands of the README are `make demo` and `make test`; both install what they
+# need first (scripts/setup.sh) and are safe to run twice.
+SHELL := /bin/bash
+VENV ?= $(CURDIR)/.venv
+PY := $(VENV)/bin/python
+export PATH := $(VENV)/bin:$(PATH)
+
+.PHONY: setup test unit integration lint demo bench
+
+setup:
+	@bash scripts/setup.sh
+
+lint: setup
+	cd agent && ruff format --check src tests && ruff check src tests && mypy src
+
+unit: setup
+	cd agent && pytest -q tests/unit
+
+integration: setup
+	cd agent && pytest -q tests/integration
+
+test: setup lint
+	cd agent && pytest -q -ra tests
+
+demo: setup
+	$(PY) scripts/demo_tap.py
+
+bench: setup
+	$(PY) bench/tap_bench.py

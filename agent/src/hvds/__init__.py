@@ -1,0 +1,1 @@
+"""hvds agent: tapping service, VDSA and site manager."""

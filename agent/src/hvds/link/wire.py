@@ -1,0 +1,106 @@
+"""Frames of the local link from a tap to its host's VDSA, encoded and decoded with no I/O.
+
+Every frame is a fixed 32-byte header, then a payload for the frame types that carry one:
+
+    magic u32 | type u8 | flags u8 | reserved u16 | seq u64 | export u32 | offset u64 | length u32
+
+``seq`` numbers the frames a tap sends on one connection, from 1; the VDSA answers with ACK
+frames carrying the highest sequence it has taken responsibility for (cumulative). Copies that
+were sent but not acknowledged when a connection drops are not resent from memory: the tap's
+dirty-block bitmap still covers them and they are resynced from the disk.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from enum import IntEnum, IntFlag
+
+MAGIC = 0x4856544C  # "HVTL"
+HEADER = struct.Struct(">IBBHQIQI")
+# Largest payload a frame may carry: one NBD write at most, plus headroom for HELLO/EXPORT.
+MAX_PAYLOAD = 32 * 1024 * 1024
+
+
+class FrameType(IntEnum):
+    HELLO = 1  # tap -> VDSA, payload: tap identity (UTF-8)
+    EXPORT = 2  # tap -> VDSA, export id, offset = disk size, payload: export name
+    WRITE = 3  # tap -> VDSA, data written at offset
+    ZERO = 4  # tap -> VDSA, offset/length now read as zeroes (WRITE_ZEROES, TRIM)
+    RESYNC_START = 5  # tap -> VDSA, export's copies are out of order until RESYNC_DONE
+    RESYNC_DONE = 6  # tap -> VDSA, every dirty block of the export has been sent again
+    ACK = 7  # VDSA -> tap, seq: highest sequence taken over
+
+
+class FrameFlag(IntFlag):
+    NONE = 0
+    RESYNC = 1 << 0  # a WRITE that re-sends a dirty block from the disk
+
+
+_WITH_PAYLOAD = frozenset({FrameType.HELLO, FrameType.EXPORT, FrameType.WRITE})
+
+
+class LinkProtocolError(Exception):
+    """The peer sent something that is not a valid frame; the connection cannot continue."""
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    type: FrameType
+    seq: int
+    export: int = 0
+    offset: int = 0
+    length: int = 0
+    flags: FrameFlag = FrameFlag.NONE
+    payload: bytes = b""
+
+
+def encode_header(
+    kind: FrameType,
+    seq: int,
+    export: int = 0,
+    offset: int = 0,
+    length: int = 0,
+    flags: int = 0,
+) -> bytes:
+    return HEADER.pack(MAGIC, kind, flags, 0, seq, export, offset, length)
+
+
+def encode(frame: Frame) -> bytes:
+    length = len(frame.payload) if frame.type in _WITH_PAYLOAD else frame.length
+    header = encode_header(frame.type, frame.seq, frame.export, frame.offset, length, frame.flags)
+    return header + frame.payload
+
+
+class FrameDecoder:
+    """Turns a byte stream into frames; keeps partial frames until the rest arrives."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
+        self._buffer += data
+        frames: list[Frame] = []
+        pos = 0
+        buffer = self._buffer
+        while len(buffer) - pos >= HEADER.size:
+            magic, kind, flags, _, seq, export, offset, length = HEADER.unpack_from(buffer, pos)
+            if magic != MAGIC:
+                raise LinkProtocolError(f"bad frame magic {magic:#x}")
+            try:
+                frame_type = FrameType(kind)
+            except ValueError:
+                raise LinkProtocolError(f"unknown frame type {kind}") from None
+            if flags & ~FrameFlag.RESYNC:
+                raise LinkProtocolError(f"unknown frame flags {flags:#x}")
+            payload_length = length if frame_type in _WITH_PAYLOAD else 0
+            if payload_length > MAX_PAYLOAD:
+                raise LinkProtocolError(f"frame payload of {payload_length} bytes is too large")
+            end = pos + HEADER.size + payload_length
+            if len(buffer) < end:
+                break
+            payload = bytes(buffer[pos + HEADER.size : end])
+            frames.append(Frame(frame_type, seq, export, offset, length, FrameFlag(flags), payload))
+            pos = end
+        del buffer[:pos]
+        return frames

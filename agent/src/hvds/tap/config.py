@@ -1,0 +1,107 @@
+"""The tap's configuration file (TOML), validated with pydantic.
+
+[tap]
+unix_socket = "/run/hvds/tap.sock"      # NBD on a unix socket (for QEMU on this host)
+tcp = "127.0.0.1:10809"                 # NBD on TCP; omit to serve only the unix socket
+vdsa_socket = "/run/hvds/vdsa.sock"     # where this host's VDSA takes the write copies
+state_dir = "/var/lib/hvds/tap"         # dirty-block bitmaps
+metrics = "127.0.0.1:9711"              # Prometheus endpoint; omit to disable
+
+[[export]]
+name = "vm1-disk0"
+path = "/var/lib/hvds/images/vm1-disk0.raw"
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(Exception):
+    """The configuration file is missing, unreadable or invalid; the message says where."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ExportConfig(_Strict):
+    name: Annotated[str, Field(min_length=1, max_length=4096)]
+    path: Path
+    read_only: bool = False
+    description: str = ""
+
+
+class HostPort(_Strict):
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> HostPort:
+        host, sep, port = text.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"expected HOST:PORT, got {text!r}")
+        return cls(host=host.strip("[]") or "127.0.0.1", port=int(port))
+
+
+class TapSettings(_Strict):
+    unix_socket: Path | None = None
+    tcp: HostPort | None = None
+    vdsa_socket: Path | None = None
+    state_dir: Path
+    metrics: HostPort | None = None
+    bitmap_block_size: Annotated[int, Field(ge=4096, le=64 * 1024 * 1024)] = 64 * 1024
+    # Copies queued to the VDSA beyond this are not kept: their blocks go to the dirty bitmap.
+    link_buffer_bytes: Annotated[int, Field(ge=1024 * 1024)] = 64 * 1024 * 1024
+    tap_id: str = ""
+
+    @field_validator("tcp", "metrics", mode="before")
+    @classmethod
+    def _host_port(cls, value: object) -> object:
+        return HostPort.parse(value) if isinstance(value, str) else value
+
+    @field_validator("bitmap_block_size")
+    @classmethod
+    def _power_of_two(cls, value: int) -> int:
+        if value & (value - 1):
+            raise ValueError("must be a power of two")
+        return value
+
+    @model_validator(mode="after")
+    def _listens_somewhere(self) -> TapSettings:
+        if self.unix_socket is None and self.tcp is None:
+            raise ValueError("set unix_socket, tcp or both")
+        return self
+
+
+class TapConfig(_Strict):
+    tap: TapSettings
+    export: list[ExportConfig] = []
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> TapConfig:
+        names = [e.name for e in self.export]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"export names must be unique, repeated: {', '.join(duplicates)}")
+        return self
+
+
+def load_config(path: Path) -> TapConfig:
+    try:
+        raw = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    try:
+        return TapConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"{path}: {problems}") from exc

@@ -1,0 +1,229 @@
+"""One NBD client of the tap: the asyncio adapter around the sans-I/O ServerConnection.
+
+Requests are carried out in the order they arrive. Reads and writes go straight to the page
+cache from the event loop (a pread/pwrite of a cached page is cheaper than a hop to a thread);
+only the syncs that FLUSH and FUA ask for run in a worker thread, so that one VM's flush does
+not stall the others. A write is answered after its data is in the disk image, and its copy is
+queued to the VDSA (or its blocks marked dirty) before the answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import time
+from typing import cast
+
+from hvds.nbd.constants import Command, CommandFlag, Errno
+from hvds.nbd.server import ConnectionClosed, ExportSelected, Request, ServerConnection
+from hvds.tap.exports import ExportRegistry, TapExport
+from hvds.tap.link import VdsaLink
+
+log = logging.getLogger(__name__)
+
+_OP_NAMES = {
+    Command.READ: "read",
+    Command.WRITE: "write",
+    Command.FLUSH: "flush",
+    Command.TRIM: "trim",
+    Command.WRITE_ZEROES: "zero",
+    Command.CACHE: "cache",
+    Command.BLOCK_STATUS: "block_status",
+}
+
+
+def wire_errno(exc: OSError) -> int:
+    """The NBD error for a failed disk operation: out of space is worth telling apart."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return Errno.ENOSPC
+    return Errno.EIO
+
+
+class NbdClient(asyncio.BufferedProtocol):
+    def __init__(self, registry: ExportRegistry, link: VdsaLink) -> None:
+        self._registry = registry
+        self._link = link
+        self._conn = ServerConnection(registry)
+        self._transport: asyncio.Transport | None = None
+        self._export: TapExport | None = None
+        self._outgoing: list[bytes] = []
+        self._syncs: set[asyncio.Task[None]] = set()
+        self._close_when_idle = False
+
+    # -- asyncio ---------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without inheriting from it.
+        transport = cast(asyncio.Transport, transport)
+        self._transport = transport
+        transport.write(self._conn.greeting())
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._conn.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._conn.buffer_updated(nbytes)
+        self._process()
+
+    def eof_received(self) -> bool:
+        self._conn.receive_eof()
+        self._process()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        export = self._export
+        if export is not None:
+            export.clients.discard(self)
+            export.metrics.clients.dec()
+            export.close_if_unused()
+
+    def close(self) -> None:
+        """Hang up on the client (its export is being removed)."""
+        if self._transport is not None:
+            self._transport.close()
+
+    # -- requests --------------------------------------------------------------------------
+
+    def _process(self) -> None:
+        conn = self._conn
+        self._outgoing.extend(conn.data_to_send())
+        for event in conn.events():
+            if isinstance(event, Request):
+                self._handle(event)
+            elif isinstance(event, ExportSelected):
+                self._select(event)
+            elif isinstance(event, ConnectionClosed):
+                log.debug("NBD client closed: %s", event.reason)
+                self._close_when_idle = True
+        self._outgoing.extend(conn.data_to_send())
+        self._flush_outgoing()
+
+    def _flush_outgoing(self) -> None:
+        transport = self._transport
+        if transport is None:
+            return
+        if self._outgoing:
+            transport.writelines(self._outgoing)
+            self._outgoing = []
+        if self._close_when_idle and not self._syncs:
+            transport.close()
+
+    def _select(self, event: ExportSelected) -> None:
+        export = self._registry.get(event.export.name)
+        if export is None:  # removed between lookup and selection
+            self._close_when_idle = True
+            return
+        self._export = export
+        export.clients.add(self)
+        export.metrics.clients.inc()
+
+    def _handle(self, request: Request) -> None:
+        command = request.command
+        if command is Command.DISC:
+            return
+        export = self._export
+        assert export is not None
+        started = time.perf_counter()
+        op = _OP_NAMES[command]
+        export.metrics.queue_depth.inc()
+        try:
+            if command is Command.READ:
+                data = export.disk.read(request.offset, request.length)
+                self._outgoing.extend(self._conn.reply_read(request.handle, request.offset, data))
+                self._done(export, op, request.length, started)
+                return
+            if command is Command.WRITE:
+                self._write(export, request)
+            elif command in (Command.TRIM, Command.WRITE_ZEROES):
+                if not self._zero(export, request):
+                    return
+            elif command is Command.FLUSH:
+                self._after_sync(export, request, op, started)
+                return
+            elif command is Command.CACHE:
+                os.posix_fadvise(
+                    export.disk.fd, request.offset, request.length, os.POSIX_FADV_WILLNEED
+                )
+            elif command is Command.BLOCK_STATUS:
+                limit = 1 if request.flags & CommandFlag.REQ_ONE else 256
+                extents = export.disk.extents(request.offset, request.length, limit)
+                self._outgoing.append(self._conn.reply_block_status(request.handle, extents))
+                self._done(export, op, 0, started)
+                return
+        except OSError as exc:
+            log.error(
+                "%s %s at %d+%d failed: %s", export.name, op, request.offset, request.length, exc
+            )
+            self._outgoing.append(self._conn.reply_error(request, wire_errno(exc), str(exc)))
+            self._done(export, op, 0, started)
+            return
+        if request.flags & CommandFlag.FUA:
+            self._after_sync(export, request, op, started)
+            return
+        self._outgoing.append(self._conn.reply(request.handle))
+        self._done(export, op, request.length, started)
+
+    def _write(self, export: TapExport, request: Request) -> None:
+        assert request.payload is not None
+        blocks, send = self._link.reserve(export, request.offset, request.length)
+        try:
+            export.disk.write(request.offset, request.payload)
+        except OSError:
+            if send:
+                self._link.unsent(export, blocks)
+            raise
+        if send:
+            self._link.send_write(export, request.offset, request.payload, blocks)
+
+    def _zero(self, export: TapExport, request: Request) -> bool:
+        """TRIM and WRITE_ZEROES; False if refused (a fast zero we cannot do fast)."""
+        if request.flags & CommandFlag.FAST_ZERO and export.disk.is_block_device:
+            self._outgoing.append(self._conn.reply(request.handle, Errno.ENOTSUP))
+            return False
+        may_trim = request.command is Command.TRIM or not request.flags & CommandFlag.NO_HOLE
+        blocks, send = self._link.reserve(export, request.offset, request.length)
+        try:
+            export.disk.zero(request.offset, request.length, may_trim)
+        except OSError:
+            if send:
+                self._link.unsent(export, blocks)
+            raise
+        if send:
+            self._link.send_zero(export, request.offset, request.length, blocks)
+        return True
+
+    def _after_sync(self, export: TapExport, request: Request, op: str, started: float) -> None:
+        """Answer once the bitmap, then the disk, are on stable storage (FLUSH, FUA)."""
+
+        async def sync() -> None:
+            errno_value = 0
+            try:
+                # The bitmap first: a block durable on disk must never be durable as clean.
+                export.tracker.bitmap.sync()
+                await asyncio.get_running_loop().run_in_executor(None, export.disk.flush)
+            except OSError as exc:
+                log.error("%s: sync failed: %s", export.name, exc)
+                errno_value = wire_errno(exc)
+            self._outgoing.append(self._conn.reply(request.handle, errno_value))
+            length = request.length if request.command is not Command.FLUSH else 0
+            self._done(export, op, length, started)
+            self._flush_outgoing()
+
+        task = asyncio.create_task(sync())
+        self._syncs.add(task)
+        task.add_done_callback(self._sync_finished)
+
+    def _sync_finished(self, task: asyncio.Task[None]) -> None:
+        self._syncs.discard(task)
+        self._flush_outgoing()  # a DISC that waited for this sync can now close
+
+    def _done(self, export: TapExport, op: str, nbytes: int, started: float) -> None:
+        metrics = export.metrics
+        metrics.queue_depth.dec()
+        metrics.requests[op].inc()
+        if nbytes:
+            metrics.bytes[op].inc(nbytes)
+        metrics.latency[op].observe(time.perf_counter() - started)

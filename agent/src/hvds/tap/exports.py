@@ -1,0 +1,115 @@
+"""The exports the tap serves: each a disk, its dirty-block tracking and its metrics."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import quote
+
+from hvds.disk import Disk
+from hvds.nbd.server import ExportInfo
+from hvds.tap.bitmap import DirtyBitmap
+from hvds.tap.config import ExportConfig
+from hvds.tap.metrics import ExportMetrics
+from hvds.tap.tracker import CopyTracker
+
+log = logging.getLogger(__name__)
+
+
+class Client(Protocol):
+    def close(self) -> None: ...
+
+
+@dataclass(eq=False)
+class TapExport:
+    id: int
+    config: ExportConfig
+    disk: Disk
+    tracker: CopyTracker
+    metrics: ExportMetrics
+    info: ExportInfo
+    clients: set[Client] = field(default_factory=set)
+    removed: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def close_if_unused(self) -> None:
+        """Release the disk and bitmap of a removed export once its last client is gone."""
+        if self.removed and not self.clients:
+            self.tracker.bitmap.close()
+            self.disk.close()
+            ExportMetrics.remove(self.name)
+
+
+def bitmap_path(state_dir: Path, export_name: str) -> Path:
+    return state_dir / f"{quote(export_name, safe='')}.bitmap"
+
+
+class ExportRegistry:
+    """Exports by name; implements the NBD core's ExportCatalog."""
+
+    def __init__(self, state_dir: Path, bitmap_block_size: int) -> None:
+        self._state_dir = state_dir
+        self._block_size = bitmap_block_size
+        self._by_name: dict[str, TapExport] = {}
+        self._next_id = 1
+
+    # ExportCatalog
+    def lookup(self, name: str) -> ExportInfo | None:
+        export = self._by_name.get(name)
+        return export.info if export else None
+
+    def names(self) -> Iterable[str]:
+        return list(self._by_name)
+
+    def __iter__(self) -> Iterator[TapExport]:
+        return iter(list(self._by_name.values()))
+
+    def get(self, name: str) -> TapExport | None:
+        return self._by_name.get(name)
+
+    def add(self, config: ExportConfig) -> TapExport:
+        disk = Disk(config.path, read_only=config.read_only)
+        try:
+            bitmap = DirtyBitmap(
+                bitmap_path(self._state_dir, config.name), disk.size, self._block_size
+            )
+        except OSError:
+            disk.close()
+            raise
+        info = ExportInfo(config.name, disk.size, config.read_only, config.description)
+        export = TapExport(
+            self._next_id,
+            config,
+            disk,
+            CopyTracker(bitmap),
+            ExportMetrics.for_export(config.name),
+            info,
+        )
+        export.metrics.dirty_bytes.set(export.tracker.dirty_bytes)
+        self._next_id += 1
+        self._by_name[config.name] = export
+        log.info(
+            "export %s: %s, %d bytes, %d dirty blocks",
+            config.name,
+            config.path,
+            disk.size,
+            bitmap.dirty_blocks,
+        )
+        return export
+
+    def remove(self, name: str) -> TapExport:
+        export = self._by_name.pop(name)
+        export.removed = True
+        export.tracker.bitmap.sync()
+        export.disk.flush()
+        for client in list(export.clients):
+            client.close()
+        export.close_if_unused()
+        log.info("export %s removed", name)
+        return export

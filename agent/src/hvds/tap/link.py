@@ -1,0 +1,246 @@
+"""The tap's side of the local link to the host's VDSA: copies of writes, acks, resync.
+
+The VM never waits for this link. A copy is queued only while the link is up and its queue is
+below ``buffer_limit`` bytes; otherwise the write's blocks go to the dirty bitmap (CopyTracker)
+and the resync sends them again, read from the disk, once the link has room. Memory is bounded
+by the queue limit whatever the VDSA does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Iterable
+from pathlib import Path
+from typing import cast
+
+from hvds.link.wire import FrameDecoder, FrameFlag, FrameType, LinkProtocolError, encode_header
+from hvds.tap import metrics
+from hvds.tap.exports import TapExport
+
+log = logging.getLogger(__name__)
+
+_RECONNECT_MIN = 0.05
+_RECONNECT_MAX = 2.0
+
+
+class VdsaLink(asyncio.Protocol):
+    def __init__(self, socket_path: Path | None, tap_id: str, buffer_limit: int) -> None:
+        self._socket_path = socket_path
+        self._tap_id = tap_id
+        self._limit = buffer_limit
+        self._transport: asyncio.Transport | None = None
+        self._decoder = FrameDecoder()
+        self._seq = 0
+        # (seq, export, blocks) of copies sent and not yet acknowledged, in sequence order.
+        self._in_flight: deque[tuple[int, TapExport, range]] = deque()
+        self._exports: Iterable[TapExport] = ()
+        self._room = asyncio.Event()
+        self._resync_wanted = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
+        self._connected = asyncio.Event()
+        self._disconnected = asyncio.Event()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self, exports: Iterable[TapExport]) -> None:
+        self._exports = exports
+        if self._socket_path is None:
+            log.warning("no vdsa_socket configured: every write only marks the dirty bitmap")
+            return
+        self._tasks = [
+            asyncio.create_task(self._connect_loop(), name="vdsa-connect"),
+            asyncio.create_task(self._resync_loop(), name="vdsa-resync"),
+        ]
+
+    async def stop(self) -> None:
+        self._closing = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._transport is not None:
+            self._transport.close()
+
+    @property
+    def connected(self) -> bool:
+        return self._transport is not None
+
+    async def _connect_loop(self) -> None:
+        assert self._socket_path is not None
+        delay = _RECONNECT_MIN
+        loop = asyncio.get_running_loop()
+        while not self._closing:
+            try:
+                await loop.create_unix_connection(lambda: self, str(self._socket_path))
+            except OSError as exc:
+                log.debug("VDSA at %s not reachable: %s", self._socket_path, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _RECONNECT_MAX)
+                continue
+            delay = _RECONNECT_MIN
+            self._disconnected.clear()
+            await self._disconnected.wait()
+
+    # -- asyncio.Protocol ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without inheriting from it.
+        transport = cast(asyncio.Transport, transport)
+        transport.set_write_buffer_limits(high=self._limit, low=self._limit // 2)
+        self._transport = transport
+        self._seq = 0
+        self._decoder = FrameDecoder()
+        log.info("connected to VDSA at %s", self._socket_path)
+        metrics.LINK_UP.set(1)
+        self._send(FrameType.HELLO, payload=self._tap_id.encode())
+        for export in self._exports:
+            self.announce(export)
+        self._room.set()
+        self._resync_wanted.set()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        log.warning("lost the VDSA link: %s", exc or "closed by the VDSA")
+        self._transport = None
+        metrics.LINK_UP.set(0)
+        metrics.LINK_BUFFERED.set(0)
+        for export in self._exports:
+            export.tracker.connection_lost()
+            export.metrics.dirty_bytes.set(export.tracker.dirty_bytes)
+        self._in_flight.clear()
+        self._room.set()  # wake the resync so that it notices the link is gone
+        self._disconnected.set()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            frames = self._decoder.feed(data)
+        except LinkProtocolError as exc:
+            log.error("VDSA sent a malformed frame, dropping the link: %s", exc)
+            assert self._transport is not None
+            self._transport.abort()
+            return
+        for frame in frames:
+            if frame.type is FrameType.ACK:
+                self._acknowledge(frame.seq)
+            else:
+                log.warning("ignoring unexpected %s frame from the VDSA", frame.type.name)
+
+    def pause_writing(self) -> None:
+        self._room.clear()
+
+    def resume_writing(self) -> None:
+        self._room.set()
+        self._resync_wanted.set()
+
+    # -- sending copies --------------------------------------------------------------------
+
+    def announce(self, export: TapExport) -> None:
+        if self._transport is not None:
+            self._send(FrameType.EXPORT, export.id, export.disk.size, payload=export.name.encode())
+
+    def reserve(self, export: TapExport, offset: int, length: int) -> tuple[range, bool]:
+        """Before a write reaches the disk: mark its blocks; True if its copy will be sent."""
+        blocks = export.tracker.blocks(offset, length)
+        transport = self._transport
+        if transport is not None and transport.get_write_buffer_size() < self._limit:
+            export.tracker.copy_sent(blocks)
+            return blocks, True
+        export.tracker.copy_lost(blocks)
+        export.metrics.copies_lost.inc()
+        export.metrics.dirty_bytes.set(export.tracker.dirty_bytes)
+        self._resync_wanted.set()
+        return blocks, False
+
+    def send_write(
+        self, export: TapExport, offset: int, data: bytes | bytearray, blocks: range
+    ) -> None:
+        seq = self._send(FrameType.WRITE, export.id, offset, payload=data)
+        self._in_flight.append((seq, export, blocks))
+
+    def send_zero(self, export: TapExport, offset: int, length: int, blocks: range) -> None:
+        seq = self._send(FrameType.ZERO, export.id, offset, length)
+        self._in_flight.append((seq, export, blocks))
+
+    def unsent(self, export: TapExport, blocks: range) -> None:
+        """A reserved copy will not be sent (the disk write failed): resync what is on disk."""
+        export.tracker.copy_lost(blocks)
+        export.tracker.copy_acknowledged(blocks)
+        self._resync_wanted.set()
+
+    def _send(
+        self,
+        kind: FrameType,
+        export_id: int = 0,
+        offset: int = 0,
+        length: int = 0,
+        payload: bytes | bytearray = b"",
+        flags: int = 0,
+    ) -> int:
+        transport = self._transport
+        assert transport is not None
+        self._seq += 1
+        header = encode_header(kind, self._seq, export_id, offset, length or len(payload), flags)
+        if payload:
+            transport.writelines((header, payload))
+        else:
+            transport.write(header)
+        return self._seq
+
+    def _acknowledge(self, seq: int) -> None:
+        in_flight = self._in_flight
+        touched: set[TapExport] = set()
+        while in_flight and in_flight[0][0] <= seq:
+            _, export, blocks = in_flight.popleft()
+            export.tracker.copy_acknowledged(blocks)
+            touched.add(export)
+        for export in touched:
+            export.metrics.dirty_bytes.set(export.tracker.dirty_bytes)
+        if self._transport is not None:
+            metrics.LINK_BUFFERED.set(self._transport.get_write_buffer_size())
+
+    # -- resync ----------------------------------------------------------------------------
+
+    async def _resync_loop(self) -> None:
+        while True:
+            await self._resync_wanted.wait()
+            self._resync_wanted.clear()
+            for export in list(self._exports):
+                if self._transport is None:
+                    break
+                if export.tracker.has_lost() and not export.removed:
+                    await self._resync(export)
+
+    async def _resync(self, export: TapExport) -> None:
+        tracker = export.tracker
+        block_size = tracker.block_size
+        log.info("resync of %s: %d dirty blocks", export.name, tracker.lost_blocks)
+        self._send(FrameType.RESYNC_START, export.id)
+        sent = 0
+        for block in tracker.lost():
+            while self._transport is not None and not self._has_room():
+                self._room.clear()
+                await self._room.wait()
+            if self._transport is None or export.removed:
+                return
+            offset = block * block_size
+            data = export.disk.read(offset, min(block_size, export.disk.size - offset))
+            tracker.take_for_resync(block)
+            seq = self._send(
+                FrameType.WRITE, export.id, offset, payload=data, flags=FrameFlag.RESYNC
+            )
+            self._in_flight.append((seq, export, range(block, block + 1)))
+            export.metrics.resync_bytes.inc(len(data))
+            sent += 1
+            if sent % 64 == 0:
+                await asyncio.sleep(0)  # let the VMs' requests in between resync reads
+        if self._transport is not None and not tracker.has_lost():
+            self._send(FrameType.RESYNC_DONE, export.id)
+            log.info("resync of %s: sent %d blocks", export.name, sent)
+
+    def _has_room(self) -> bool:
+        transport = self._transport
+        return transport is not None and transport.get_write_buffer_size() < self._limit // 2

@@ -1,0 +1,139 @@
+"""hvds-tap: serves each VM disk over NBD and hands a copy of every write to the host's VDSA.
+
+    hvds-tap --config /etc/hvds/tap.toml
+
+SIGHUP re-reads the configuration: new exports are served, removed ones are closed (their
+clients only), and every other client keeps its connection. SIGTERM and SIGINT stop the tap after
+syncing the bitmaps and the disks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import uvloop
+from prometheus_client import start_http_server
+
+from hvds.tap.config import ConfigError, TapConfig, load_config
+from hvds.tap.connection import NbdClient
+from hvds.tap.exports import ExportRegistry
+from hvds.tap.link import VdsaLink
+
+log = logging.getLogger("hvds.tap")
+
+
+class TapServer:
+    def __init__(self, config_path: Path, config: TapConfig) -> None:
+        self.config_path = config_path
+        self.config = config
+        settings = config.tap
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        self.registry = ExportRegistry(settings.state_dir, settings.bitmap_block_size)
+        tap_id = settings.tap_id or socket.gethostname()
+        self.link = VdsaLink(settings.vdsa_socket, tap_id, settings.link_buffer_bytes)
+        self._servers: list[asyncio.Server] = []
+
+    async def start(self) -> None:
+        for export in self.config.export:
+            self.registry.add(export)
+        settings = self.config.tap
+        loop = asyncio.get_running_loop()
+
+        def factory() -> NbdClient:
+            return NbdClient(self.registry, self.link)
+
+        if settings.unix_socket is not None:
+            settings.unix_socket.parent.mkdir(parents=True, exist_ok=True)
+            settings.unix_socket.unlink(missing_ok=True)
+            server = await loop.create_unix_server(factory, str(settings.unix_socket))
+            os.chmod(settings.unix_socket, 0o660)
+            self._servers.append(server)
+            log.info("serving NBD on unix socket %s", settings.unix_socket)
+        if settings.tcp is not None:
+            server = await loop.create_server(
+                factory, settings.tcp.host, settings.tcp.port, reuse_address=True
+            )
+            self._servers.append(server)
+            log.info("serving NBD on %s:%d", settings.tcp.host, settings.tcp.port)
+        if settings.metrics is not None:
+            start_http_server(settings.metrics.port, settings.metrics.host)
+            log.info(
+                "metrics on http://%s:%d/metrics", settings.metrics.host, settings.metrics.port
+            )
+        self.link.start(self.registry)
+
+    def reload(self) -> None:
+        """Apply the exports of the configuration file as it is now."""
+        try:
+            config = load_config(self.config_path)
+        except ConfigError as exc:
+            log.error("reload refused, keeping the running configuration: %s", exc)
+            return
+        if config.tap != self.config.tap:
+            log.warning("reload applies exports only; [tap] changes need a restart")
+        wanted = {e.name: e for e in config.export}
+        for export in self.registry:
+            if wanted.get(export.name) != export.config:
+                self.registry.remove(export.name)
+        for name, export_config in wanted.items():
+            if self.registry.get(name) is None:
+                try:
+                    added = self.registry.add(export_config)
+                except OSError as exc:
+                    log.error("export %s not added: %s", name, exc)
+                    continue
+                self.link.announce(added)
+        self.config = config
+
+    async def stop(self) -> None:
+        for server in self._servers:
+            server.close()
+        await self.link.stop()
+        for export in self.registry:
+            self.registry.remove(export.name)
+
+
+async def serve(config_path: Path, config: TapConfig) -> None:
+    server = TapServer(config_path, config)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    loop.add_signal_handler(signal.SIGHUP, server.reload)
+    loop.add_signal_handler(signal.SIGTERM, stopping.set)
+    loop.add_signal_handler(signal.SIGINT, stopping.set)
+    print("hvds-tap ready", flush=True)
+    await stopping.wait()
+    log.info("stopping")
+    await server.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="hvds-tap", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, required=True, help="TOML configuration file")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"hvds-tap: {exc}", file=sys.stderr)
+        return 2
+    try:
+        uvloop.run(serve(args.config, config))
+    except OSError as exc:
+        print(f"hvds-tap: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
