@@ -91,7 +91,7 @@ class FrameDecoder:
                 frame_type = FrameType(kind)
             except ValueError:
                 raise LinkProtocolError(f"unknown frame type {kind}") from None
-            if flags & ~FrameFlag.RESYNC:
+            if flags & ~int(FrameFlag.RESYNC):
                 raise LinkProtocolError(f"unknown frame flags {flags:#x}")
             payload_length = length if frame_type in _WITH_PAYLOAD else 0
             if payload_length > MAX_PAYLOAD:

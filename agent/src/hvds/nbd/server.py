@@ -302,7 +302,7 @@ class ServerConnection:
         if self._available() < 4:
             return False
         (flags,) = _U32.unpack(self._take(4))
-        if flags & ~_KNOWN_CLIENT_FLAGS:
+        if flags & ~int(_KNOWN_CLIENT_FLAGS):
             raise ProtocolViolationError(f"unknown client flags {flags:#x}")
         self._no_zeroes = bool(flags & HandshakeFlag.NO_ZEROES)
         self._phase = _Phase.OPTIONS
@@ -502,7 +502,7 @@ class ServerConnection:
             command = Command(kind)
         except ValueError:
             return Errno.EINVAL, f"unknown command {kind}"
-        if flags & ~ALLOWED_COMMAND_FLAGS[command]:
+        if flags & ~int(ALLOWED_COMMAND_FLAGS[command]):
             return Errno.EINVAL, f"flags {flags:#x} not valid for {command.name}"
         if flags & CommandFlag.DF and not self._structured:
             return Errno.EINVAL, "DF needs structured replies"

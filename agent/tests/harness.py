@@ -1,0 +1,188 @@
+"""Real hvds processes for the tests: start, wait until ready, stop (or kill -9)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BIN = Path(shutil.which("hvds-tap") or "hvds-tap").parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def make_image(path: Path, size: int) -> Path:
+    with path.open("wb") as f:
+        f.truncate(size)
+    return path
+
+
+@dataclass
+class Service:
+    """A long-running hvds process that prints '<name> ready' once it listens."""
+
+    argv: list[str]
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 15) -> Service:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            self.argv, stdout=subprocess.PIPE, stderr=log, start_new_session=True
+        )
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        line = b""
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if b"ready" in line or not line:
+                break
+        if b"ready" not in line:
+            self.kill()
+            raise RuntimeError(f"{self.argv[0]} did not start:\n{self.log_path.read_text()}")
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def pause(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
+
+@dataclass
+class Lab:
+    """One host's data path in a directory: disks, a tap, and the VDSA sink."""
+
+    root: Path
+    exports: dict[str, Path] = field(default_factory=dict)
+    tcp_port: int = field(default_factory=free_port)
+    metrics_port: int = field(default_factory=free_port)
+    tap: Service | None = None
+    sink: Service | None = None
+
+    @property
+    def tap_socket(self) -> Path:
+        return self.root / "tap.sock"
+
+    @property
+    def vdsa_socket(self) -> Path:
+        return self.root / "vdsa.sock"
+
+    @property
+    def replica_dir(self) -> Path:
+        return self.root / "replica"
+
+    @property
+    def record(self) -> Path:
+        return self.root / "copies.jsonl"
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "tap.toml"
+
+    def uri(self, export: str, tcp: bool = False) -> str:
+        if tcp:
+            return f"nbd://127.0.0.1:{self.tcp_port}/{export}"
+        return f"nbd+unix:///{export}?socket={self.tap_socket}"
+
+    def add_disk(self, name: str, size: int) -> Path:
+        self.exports[name] = make_image(self.root / f"{name}.raw", size)
+        return self.exports[name]
+
+    def write_config(self, **tap_settings: object) -> None:
+        lines = [
+            "[tap]",
+            f'unix_socket = "{self.tap_socket}"',
+            f'tcp = "127.0.0.1:{self.tcp_port}"',
+            f'vdsa_socket = "{self.vdsa_socket}"',
+            f'state_dir = "{self.root / "state"}"',
+            f'metrics = "127.0.0.1:{self.metrics_port}"',
+            'tap_id = "test-host"',
+        ]
+        lines += [f"{key} = {json.dumps(value)}" for key, value in tap_settings.items()]
+        for name, path in self.exports.items():
+            lines += ["", "[[export]]", f'name = "{name}"', f'path = "{path}"']
+        self.config_path.write_text("\n".join(lines) + "\n")
+
+    def start_tap(self, **tap_settings: object) -> Service:
+        self.write_config(**tap_settings)
+        self.tap = Service(
+            [str(BIN / "hvds-tap"), "--config", str(self.config_path)], self.root / "tap.log"
+        ).start()
+        return self.tap
+
+    def start_sink(self) -> Service:
+        argv = [str(BIN / "hvds-vdsa"), "sink", "--listen", str(self.vdsa_socket)]
+        argv += ["--dir", str(self.replica_dir), "--record", str(self.record)]
+        self.sink = Service(argv, self.root / "vdsa.log").start()
+        return self.sink
+
+    def replica(self, export: str) -> Path:
+        return self.replica_dir / f"{export}.img"
+
+    def copies(self) -> list[dict[str, object]]:
+        if not self.record.exists():
+            return []
+        return [json.loads(line) for line in self.record.read_text().splitlines()]
+
+    def metric(self, name: str, export: str | None = None) -> float:
+        """One sample of the tap's Prometheus endpoint."""
+        import urllib.request  # noqa: PLC0415
+
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback only
+            text = response.read().decode()
+        selector = f'{name}{{export="{export}"}}' if export else name
+        for line in text.splitlines():
+            if line.startswith(selector + " "):
+                return float(line.split()[-1])
+        raise KeyError(selector)
+
+    def wait_for(self, predicate: object, timeout: float = 20, what: str = "condition") -> None:
+        assert callable(predicate)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {what}")
+
+    def stop(self) -> None:
+        for service in (self.tap, self.sink):
+            if service is not None and service.proc is not None and service.proc.poll() is None:
+                service.resume()  # a paused process cannot act on SIGTERM
+                service.stop()
