@@ -164,7 +164,7 @@ class Lab:
         import urllib.request  # noqa: PLC0415
 
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback only
+        with urllib.request.urlopen(url, timeout=5) as response:
             text = response.read().decode()
         selector = f'{name}{{export="{export}"}}' if export else name
         for line in text.splitlines():

@@ -76,7 +76,7 @@ if [[ -z $KPKG ]]; then
     KPKG=$(resolve_meta || true)
     if [[ -z $KPKG ]]; then
         log "apt-cache does not know $META_PKG; running apt-get update"
-        apt-get update -qq
+        apt-get update -qq >&2
         KPKG=$(resolve_meta || true)
     fi
     [[ -n $KPKG ]] || die "cannot resolve $META_PKG to a kernel package"
@@ -91,10 +91,10 @@ DEB=$(find_deb)
 if [[ -z $DEB ]]; then
     # apt-get download works in the current directory; as root it warns about the
     # unsandboxed download, which is harmless.
-    if ! (cd "$DL" && apt-get download -q "$KPKG"); then
+    if ! (cd "$DL" && apt-get download -q "$KPKG" >&2); then
         log "download failed; running apt-get update and retrying"
-        apt-get update -qq
-        (cd "$DL" && apt-get download -q "$KPKG")
+        apt-get update -qq >&2
+        (cd "$DL" && apt-get download -q "$KPKG" >&2)
     fi
     DEB=$(find_deb)
     [[ -n $DEB ]] || die "apt-get download produced no ${KPKG}_*_amd64.deb in $DL"

@@ -167,7 +167,9 @@ def test_info_reports_size_flags_name_description_block_size() -> None:
     infos = [Info.NAME, Info.DESCRIPTION, Info.BLOCK_SIZE]
     conn.receive_data(struct.pack(">I", 1) + option(Option.INFO, go_data("disk0", infos)))
     replies = option_replies(sent(conn))
-    by_type = {struct.unpack_from(">H", p)[0]: p[2:] for _, k, p in replies if k == OptionReply.INFO}
+    by_type = {
+        struct.unpack_from(">H", p)[0]: p[2:] for _, k, p in replies if k == OptionReply.INFO
+    }
     size, flags = struct.unpack(">QH", by_type[Info.EXPORT])
     assert size == SIZE
     assert flags & TransmissionFlag.SEND_FLUSH and flags & TransmissionFlag.SEND_FUA
@@ -358,7 +360,9 @@ def test_bad_request_magic_closes() -> None:
 
 def test_disc_closes_after_the_requests_before_it() -> None:
     conn = handshaken()
-    conn.receive_data(request(Command.FLUSH, 1) + request(Command.DISC, 2) + request(Command.FLUSH, 3))
+    conn.receive_data(
+        request(Command.FLUSH, 1) + request(Command.DISC, 2) + request(Command.FLUSH, 3)
+    )
     events = conn.events()
     assert [e.handle for e in events if isinstance(e, Request)] == [1, 2]
     assert isinstance(events[-1], ConnectionClosed)

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 _RECONNECT_MIN = 0.05
 _RECONNECT_MAX = 2.0
+_ROOM_POLL_SECONDS = 0.05
 
 
 class VdsaLink(asyncio.Protocol):
@@ -223,7 +224,10 @@ class VdsaLink(asyncio.Protocol):
         for block in tracker.lost():
             while self._transport is not None and not self._has_room():
                 self._room.clear()
-                await self._room.wait()
+                # resume_writing only follows a pause_writing; a queue that stays between the
+                # low and high marks never triggers either, so look again now and then.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._room.wait(), _ROOM_POLL_SECONDS)
             if self._transport is None or export.removed:
                 return
             offset = block * block_size
