@@ -80,7 +80,7 @@ def test_slow_vdsa_never_slows_the_vm_and_memory_stays_bounded(lab: Lab) -> None
     lab.sink.pause()  # the VDSA stops reading: the link fills up
     load = fio(lab.uri("disk0"), "--rw=randwrite", "--bs=64k", "--iodepth=16", "--size=64M",
                "--io_size=256M")  # fmt: skip
-    out, err = load.communicate(timeout=120)
+    _out, err = load.communicate(timeout=120)
     assert load.returncode == 0, err.decode()
     grown = rss_bytes(lab.tap.proc.pid) - baseline_rss
     lost = lab.metric("hvds_tap_copies_lost_total", "disk0")

@@ -372,7 +372,7 @@ def test_structured_read_error_is_an_error_chunk() -> None:
     conn = handshaken(structured=True)
     conn.receive_data(request(Command.READ, 5, SIZE, 1))
     data = sent(conn)
-    magic, flags, kind, handle, length = struct.unpack_from(">IHHQI", data)
+    magic, flags, kind, handle, _length = struct.unpack_from(">IHHQI", data)
     assert (magic, kind, handle) == (STRUCTURED_REPLY_MAGIC, ChunkType.ERROR, 5)
     assert flags & 1  # DONE
     assert struct.unpack_from(">I", data, 20)[0] == Errno.EINVAL
@@ -381,7 +381,7 @@ def test_structured_read_error_is_an_error_chunk() -> None:
 def test_structured_read_reply_is_offset_data_chunk() -> None:
     conn = handshaken(structured=True)
     header, data = conn.reply_read(9, 4096, b"hello")
-    magic, flags, kind, handle, length = struct.unpack_from(">IHHQI", header)
+    magic, _flags, kind, handle, length = struct.unpack_from(">IHHQI", header)
     assert (magic, kind, handle, length) == (STRUCTURED_REPLY_MAGIC, ChunkType.OFFSET_DATA, 9, 13)
     assert struct.unpack_from(">Q", header, 20)[0] == 4096
     assert data == b"hello"
