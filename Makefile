@@ -23,7 +23,7 @@ test: setup lint
 	cd agent && pytest -q -ra tests
 
 demo: setup
-	$(PY) scripts/demo_tap.py
+	bash scripts/demo-tap.sh
 
 bench: setup
 	$(PY) bench/tap_bench.py

@@ -10,7 +10,7 @@ venv="${HVDS_VENV:-$repo/.venv}"
 apt_packages=(
   python3 python3-venv python3-dev gcc make
   qemu-utils qemu-system-x86 nbdkit libnbd-bin python3-libnbd fio
-  busybox-static e2fsprogs util-linux procps iproute2 cpio
+  busybox-static e2fsprogs util-linux procps iproute2 cpio curl
 )
 
 missing=()

@@ -159,14 +159,15 @@ class Lab:
             return []
         return [json.loads(line) for line in self.record.read_text().splitlines()]
 
-    def metric(self, name: str, export: str | None = None) -> float:
+    def metric(self, name: str, export: str | None = None, op: str | None = None) -> float:
         """One sample of the tap's Prometheus endpoint."""
         import urllib.request  # noqa: PLC0415
 
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         with urllib.request.urlopen(url, timeout=5) as response:
             text = response.read().decode()
-        selector = f'{name}{{export="{export}"}}' if export else name
+        labels = [f'{key}="{value}"' for key, value in (("export", export), ("op", op)) if value]
+        selector = f"{name}{{{','.join(labels)}}}" if labels else name
         for line in text.splitlines():
             if line.startswith(selector + " "):
                 return float(line.split()[-1])
