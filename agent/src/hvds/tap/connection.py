@@ -23,16 +23,6 @@ from hvds.tap.link import VdsaLink
 
 log = logging.getLogger(__name__)
 
-_OP_NAMES = {
-    Command.READ: "read",
-    Command.WRITE: "write",
-    Command.FLUSH: "flush",
-    Command.TRIM: "trim",
-    Command.WRITE_ZEROES: "zero",
-    Command.CACHE: "cache",
-    Command.BLOCK_STATUS: "block_status",
-}
-
 
 def wire_errno(exc: OSError) -> int:
     """The NBD error for a failed disk operation: out of space is worth telling apart."""
@@ -77,7 +67,7 @@ class NbdClient(asyncio.BufferedProtocol):
         export = self._export
         if export is not None:
             export.clients.discard(self)
-            export.metrics.clients.dec()
+            export.stats.clients -= 1
             export.close_if_unused()
 
     def close(self) -> None:
@@ -118,7 +108,7 @@ class NbdClient(asyncio.BufferedProtocol):
             return
         self._export = export
         export.clients.add(self)
-        export.metrics.clients.inc()
+        export.stats.clients += 1
 
     def _handle(self, request: Request) -> None:
         command = request.command
@@ -127,13 +117,12 @@ class NbdClient(asyncio.BufferedProtocol):
         export = self._export
         assert export is not None
         started = time.perf_counter()
-        op = _OP_NAMES[command]
-        export.metrics.queue_depth.inc()
+        export.stats.in_flight += 1
         try:
             if command is Command.READ:
                 data = export.disk.read(request.offset, request.length)
                 self._outgoing.extend(self._conn.reply_read(request.handle, request.offset, data))
-                self._done(export, op, request.length, started)
+                self._done(export, command, request.length, started)
                 return
             if command is Command.WRITE:
                 self._write(export, request)
@@ -141,7 +130,7 @@ class NbdClient(asyncio.BufferedProtocol):
                 if not self._zero(export, request):
                     return
             elif command is Command.FLUSH:
-                self._after_sync(export, request, op, started)
+                self._after_sync(export, request, started)
                 return
             elif command is Command.CACHE:
                 os.posix_fadvise(
@@ -151,20 +140,25 @@ class NbdClient(asyncio.BufferedProtocol):
                 limit = 1 if request.flags & CommandFlag.REQ_ONE else 256
                 extents = export.disk.extents(request.offset, request.length, limit)
                 self._outgoing.append(self._conn.reply_block_status(request.handle, extents))
-                self._done(export, op, 0, started)
+                self._done(export, command, 0, started)
                 return
         except OSError as exc:
             log.error(
-                "%s %s at %d+%d failed: %s", export.name, op, request.offset, request.length, exc
+                "%s %s at %d+%d failed: %s",
+                export.name,
+                command.name,
+                request.offset,
+                request.length,
+                exc,
             )
             self._outgoing.append(self._conn.reply_error(request, wire_errno(exc), str(exc)))
-            self._done(export, op, 0, started)
+            self._done(export, command, 0, started)
             return
         if request.flags & CommandFlag.FUA:
-            self._after_sync(export, request, op, started)
+            self._after_sync(export, request, started)
             return
         self._outgoing.append(self._conn.reply(request.handle))
-        self._done(export, op, request.length, started)
+        self._done(export, command, request.length, started)
 
     def _write(self, export: TapExport, request: Request) -> None:
         assert request.payload is not None
@@ -195,7 +189,7 @@ class NbdClient(asyncio.BufferedProtocol):
             self._link.send_zero(export, request.offset, request.length, blocks)
         return True
 
-    def _after_sync(self, export: TapExport, request: Request, op: str, started: float) -> None:
+    def _after_sync(self, export: TapExport, request: Request, started: float) -> None:
         """Answer once the bitmap, then the disk, are on stable storage (FLUSH, FUA)."""
 
         async def sync() -> None:
@@ -209,7 +203,7 @@ class NbdClient(asyncio.BufferedProtocol):
                 errno_value = wire_errno(exc)
             self._outgoing.append(self._conn.reply(request.handle, errno_value))
             length = request.length if request.command is not Command.FLUSH else 0
-            self._done(export, op, length, started)
+            self._done(export, request.command, length, started)
             self._flush_outgoing()
 
         task = asyncio.create_task(sync())
@@ -220,10 +214,6 @@ class NbdClient(asyncio.BufferedProtocol):
         self._syncs.discard(task)
         self._flush_outgoing()  # a DISC that waited for this sync can now close
 
-    def _done(self, export: TapExport, op: str, nbytes: int, started: float) -> None:
-        metrics = export.metrics
-        metrics.queue_depth.dec()
-        metrics.requests[op].inc()
-        if nbytes:
-            metrics.bytes[op].inc(nbytes)
-        metrics.latency[op].observe(time.perf_counter() - started)
+    @staticmethod
+    def _done(export: TapExport, command: Command, nbytes: int, started: float) -> None:
+        export.stats.done(command, nbytes, time.perf_counter() - started)

@@ -13,7 +13,7 @@ from hvds.disk import Disk
 from hvds.nbd.server import ExportInfo
 from hvds.tap.bitmap import DirtyBitmap
 from hvds.tap.config import ExportConfig
-from hvds.tap.metrics import ExportMetrics
+from hvds.tap.metrics import ExportStats
 from hvds.tap.tracker import CopyTracker
 
 log = logging.getLogger(__name__)
@@ -29,8 +29,8 @@ class TapExport:
     config: ExportConfig
     disk: Disk
     tracker: CopyTracker
-    metrics: ExportMetrics
     info: ExportInfo
+    stats: ExportStats = field(default_factory=ExportStats)
     clients: set[Client] = field(default_factory=set)
     removed: bool = False
 
@@ -38,12 +38,15 @@ class TapExport:
     def name(self) -> str:
         return self.config.name
 
+    @property
+    def dirty_bytes(self) -> int:
+        return self.tracker.dirty_bytes
+
     def close_if_unused(self) -> None:
         """Release the disk and bitmap of a removed export once its last client is gone."""
         if self.removed and not self.clients:
             self.tracker.bitmap.close()
             self.disk.close()
-            ExportMetrics.remove(self.name)
 
 
 def bitmap_path(state_dir: Path, export_name: str) -> Path:
@@ -83,15 +86,7 @@ class ExportRegistry:
             disk.close()
             raise
         info = ExportInfo(config.name, disk.size, config.read_only, config.description)
-        export = TapExport(
-            self._next_id,
-            config,
-            disk,
-            CopyTracker(bitmap),
-            ExportMetrics.for_export(config.name),
-            info,
-        )
-        export.metrics.dirty_bytes.set(export.tracker.dirty_bytes)
+        export = TapExport(self._next_id, config, disk, CopyTracker(bitmap), info)
         self._next_id += 1
         self._by_name[config.name] = export
         log.info(

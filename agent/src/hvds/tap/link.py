@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import cast
 
 from hvds.link.wire import FrameDecoder, FrameFlag, FrameType, LinkProtocolError, encode_header
-from hvds.tap import metrics
 from hvds.tap.exports import TapExport
+from hvds.tap.metrics import LinkStats
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ class VdsaLink(asyncio.Protocol):
         self._closing = False
         self._connected = asyncio.Event()
         self._disconnected = asyncio.Event()
+        self.stats = LinkStats(buffered_bytes=self._buffered_bytes)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -97,7 +98,7 @@ class VdsaLink(asyncio.Protocol):
         self._seq = 0
         self._decoder = FrameDecoder()
         log.info("connected to VDSA at %s", self._socket_path)
-        metrics.LINK_UP.set(1)
+        self.stats.up = True
         self._send(FrameType.HELLO, payload=self._tap_id.encode())
         for export in self._exports:
             self.announce(export)
@@ -107,11 +108,9 @@ class VdsaLink(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         log.warning("lost the VDSA link: %s", exc or "closed by the VDSA")
         self._transport = None
-        metrics.LINK_UP.set(0)
-        metrics.LINK_BUFFERED.set(0)
+        self.stats.up = False
         for export in self._exports:
             export.tracker.connection_lost()
-            export.metrics.dirty_bytes.set(export.tracker.dirty_bytes)
         self._in_flight.clear()
         self._room.set()  # wake the resync so that it notices the link is gone
         self._disconnected.set()
@@ -151,8 +150,7 @@ class VdsaLink(asyncio.Protocol):
             export.tracker.copy_sent(blocks)
             return blocks, True
         export.tracker.copy_lost(blocks)
-        export.metrics.copies_lost.inc()
-        export.metrics.dirty_bytes.set(export.tracker.dirty_bytes)
+        export.stats.copies_lost += 1
         self._resync_wanted.set()
         return blocks, False
 
@@ -193,15 +191,13 @@ class VdsaLink(asyncio.Protocol):
 
     def _acknowledge(self, seq: int) -> None:
         in_flight = self._in_flight
-        touched: set[TapExport] = set()
         while in_flight and in_flight[0][0] <= seq:
             _, export, blocks = in_flight.popleft()
             export.tracker.copy_acknowledged(blocks)
-            touched.add(export)
-        for export in touched:
-            export.metrics.dirty_bytes.set(export.tracker.dirty_bytes)
-        if self._transport is not None:
-            metrics.LINK_BUFFERED.set(self._transport.get_write_buffer_size())
+
+    def _buffered_bytes(self) -> int:
+        transport = self._transport
+        return transport.get_write_buffer_size() if transport is not None else 0
 
     # -- resync ----------------------------------------------------------------------------
 
@@ -237,7 +233,7 @@ class VdsaLink(asyncio.Protocol):
                 FrameType.WRITE, export.id, offset, payload=data, flags=FrameFlag.RESYNC
             )
             self._in_flight.append((seq, export, range(block, block + 1)))
-            export.metrics.resync_bytes.inc(len(data))
+            export.stats.resync_bytes += len(data)
             sent += 1
             if sent % 64 == 0:
                 await asyncio.sleep(0)  # let the VMs' requests in between resync reads

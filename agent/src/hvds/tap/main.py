@@ -19,12 +19,13 @@ import sys
 from pathlib import Path
 
 import uvloop
-from prometheus_client import start_http_server
+from prometheus_client import REGISTRY, start_http_server
 
 from hvds.tap.config import ConfigError, TapConfig, load_config
 from hvds.tap.connection import NbdClient
 from hvds.tap.exports import ExportRegistry
 from hvds.tap.link import VdsaLink
+from hvds.tap.metrics import TapCollector
 
 log = logging.getLogger("hvds.tap")
 
@@ -63,6 +64,7 @@ class TapServer:
             self._servers.append(server)
             log.info("serving NBD on %s:%d", settings.tcp.host, settings.tcp.port)
         if settings.metrics is not None:
+            REGISTRY.register(TapCollector(lambda: self.registry, self.link.stats))
             start_http_server(settings.metrics.port, settings.metrics.host)
             log.info(
                 "metrics on http://%s:%d/metrics", settings.metrics.host, settings.metrics.port
