@@ -148,3 +148,26 @@ def test_malformed_clients_do_not_disturb_others(running: Lab) -> None:
     assert running.tap is not None and running.tap.proc is not None
     assert running.tap.proc.poll() is None
     assert_replica_equals_disk(running, "disk0")
+
+
+def test_many_clients_at_once_on_both_transports(running: Lab) -> None:
+    # Four fio clients per transport, each writing and verifying its own 8 MiB slice of disk0.
+    jobs = [
+        subprocess.Popen(
+            [
+                "fio", "--name=slice", "--ioengine=nbd", f"--uri={running.uri('disk0', tcp)}",
+                "--rw=randwrite", "--bs=16k", "--iodepth=8", "--numjobs=4", "--size=8M",
+                f"--offset={32 * MiB if tcp else 0}", "--offset_increment=8M",
+                "--verify=crc32c", "--do_verify=1", "--verify_fatal=1",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for tcp in (False, True)
+    ]  # fmt: skip
+    for job in jobs:
+        out = job.communicate(timeout=120)[0]
+        assert job.returncode == 0, out
+        assert "err= 0" in out
+    assert_replica_equals_disk(running, "disk0")
