@@ -15,6 +15,9 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from enum import IntEnum, IntFlag
+from typing import Any
+
+from hvds.framing import FrameSplitter
 
 MAGIC = 0x4856544C  # "HVTL"
 HEADER = struct.Struct(">IBBHQIQI")
@@ -76,31 +79,28 @@ class FrameDecoder:
     """Turns a byte stream into frames; keeps partial frames until the rest arrives."""
 
     def __init__(self) -> None:
-        self._buffer = bytearray()
+        self._splitter = FrameSplitter(HEADER, _payload_length)
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
-        self._buffer += data
-        frames: list[Frame] = []
-        pos = 0
-        buffer = self._buffer
-        while len(buffer) - pos >= HEADER.size:
-            magic, kind, flags, _, seq, export, offset, length = HEADER.unpack_from(buffer, pos)
-            if magic != MAGIC:
-                raise LinkProtocolError(f"bad frame magic {magic:#x}")
-            try:
-                frame_type = FrameType(kind)
-            except ValueError:
-                raise LinkProtocolError(f"unknown frame type {kind}") from None
-            if flags & ~int(FrameFlag.RESYNC):
-                raise LinkProtocolError(f"unknown frame flags {flags:#x}")
-            payload_length = length if frame_type in _WITH_PAYLOAD else 0
-            if payload_length > MAX_PAYLOAD:
-                raise LinkProtocolError(f"frame payload of {payload_length} bytes is too large")
-            end = pos + HEADER.size + payload_length
-            if len(buffer) < end:
-                break
-            payload = bytes(buffer[pos + HEADER.size : end])
-            frames.append(Frame(frame_type, seq, export, offset, length, FrameFlag(flags), payload))
-            pos = end
-        del buffer[:pos]
+        frames = []
+        for (_, kind, flags, _, seq, export, offset, length), payload in self._splitter.feed(data):
+            frames.append(
+                Frame(FrameType(kind), seq, export, offset, length, FrameFlag(flags), payload)
+            )
         return frames
+
+
+def _payload_length(fields: tuple[Any, ...]) -> int:
+    magic, kind, flags, _, _, _, _, length = fields
+    if magic != MAGIC:
+        raise LinkProtocolError(f"bad frame magic {magic:#x}")
+    try:
+        frame_type = FrameType(kind)
+    except ValueError:
+        raise LinkProtocolError(f"unknown frame type {kind}") from None
+    if flags & ~int(FrameFlag.RESYNC):
+        raise LinkProtocolError(f"unknown frame flags {flags:#x}")
+    payload_length = int(length) if frame_type in _WITH_PAYLOAD else 0
+    if payload_length > MAX_PAYLOAD:
+        raise LinkProtocolError(f"frame payload of {payload_length} bytes is too large")
+    return payload_length

@@ -14,41 +14,22 @@ path = "/var/lib/hvds/images/vm1-disk0.raw"
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from hvds.settings import HostPort, StrictModel, load_toml
 
 
-class ConfigError(Exception):
-    """The configuration file is missing, unreadable or invalid; the message says where."""
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ExportConfig(_Strict):
+class ExportConfig(StrictModel):
     name: Annotated[str, Field(min_length=1, max_length=4096)]
     path: Path
     read_only: bool = False
     description: str = ""
 
 
-class HostPort(_Strict):
-    host: str
-    port: int
-
-    @classmethod
-    def parse(cls, text: str) -> HostPort:
-        host, sep, port = text.rpartition(":")
-        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-            raise ValueError(f"expected HOST:PORT, got {text!r}")
-        return cls(host=host.strip("[]") or "127.0.0.1", port=int(port))
-
-
-class TapSettings(_Strict):
+class TapSettings(StrictModel):
     unix_socket: Path | None = None
     tcp: HostPort | None = None
     vdsa_socket: Path | None = None
@@ -62,7 +43,7 @@ class TapSettings(_Strict):
     @field_validator("tcp", "metrics", mode="before")
     @classmethod
     def _host_port(cls, value: object) -> object:
-        return HostPort.parse(value) if isinstance(value, str) else value
+        return HostPort.coerce(value)
 
     @field_validator("bitmap_block_size")
     @classmethod
@@ -78,9 +59,9 @@ class TapSettings(_Strict):
         return self
 
 
-class TapConfig(_Strict):
+class TapConfig(StrictModel):
     tap: TapSettings
-    export: list[ExportConfig] = []
+    export: list[ExportConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _unique_names(self) -> TapConfig:
@@ -92,16 +73,4 @@ class TapConfig(_Strict):
 
 
 def load_config(path: Path) -> TapConfig:
-    try:
-        raw = tomllib.loads(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-    try:
-        return TapConfig.model_validate(raw)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
-        raise ConfigError(f"{path}: {problems}") from exc
+    return load_toml(path, TapConfig)

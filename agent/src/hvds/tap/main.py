@@ -21,7 +21,8 @@ from pathlib import Path
 import uvloop
 from prometheus_client import REGISTRY, start_http_server
 
-from hvds.tap.config import ConfigError, TapConfig, load_config
+from hvds.settings import ConfigError
+from hvds.tap.config import TapConfig, load_config
 from hvds.tap.connection import NbdClient
 from hvds.tap.exports import ExportRegistry
 from hvds.tap.link import VdsaLink

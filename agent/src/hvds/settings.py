@@ -1,0 +1,56 @@
+"""What every hvds configuration file shares: TOML read into a strict pydantic model, and one
+kind of error that says which file and which field is wrong."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+
+class ConfigError(Exception):
+    """The configuration file is missing, unreadable or invalid; the message says where."""
+
+
+class StrictModel(BaseModel):
+    """Unknown keys are errors (a typo must not be silently ignored); values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HostPort(StrictModel):
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> HostPort:
+        host, sep, port = text.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"expected HOST:PORT, got {text!r}")
+        return cls(host=host.strip("[]") or "127.0.0.1", port=int(port))
+
+    @classmethod
+    def coerce(cls, value: object) -> object:
+        """For field validators: accept "host:port" strings as well as tables."""
+        return cls.parse(value) if isinstance(value, str) else value
+
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def load_toml(path: Path, model: type[Model]) -> Model:
+    try:
+        raw = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"{path}: {problems}") from exc
