@@ -38,6 +38,7 @@ class FrameType(IntEnum):
 class FrameFlag(IntFlag):
     NONE = 0
     RESYNC = 1 << 0  # a WRITE that re-sends a dirty block from the disk
+    DIRTY = 1 << 1  # an EXPORT whose dirty blocks will be resent: copies are out of order
 
 
 _WITH_PAYLOAD = frozenset({FrameType.HELLO, FrameType.EXPORT, FrameType.WRITE})
@@ -98,7 +99,7 @@ def _payload_length(fields: tuple[Any, ...]) -> int:
         frame_type = FrameType(kind)
     except ValueError:
         raise LinkProtocolError(f"unknown frame type {kind}") from None
-    if flags & ~int(FrameFlag.RESYNC):
+    if flags & ~int(FrameFlag.RESYNC | FrameFlag.DIRTY):
         raise LinkProtocolError(f"unknown frame flags {flags:#x}")
     payload_length = int(length) if frame_type in _WITH_PAYLOAD else 0
     if payload_length > MAX_PAYLOAD:

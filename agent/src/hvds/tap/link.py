@@ -140,7 +140,16 @@ class VdsaLink(asyncio.Protocol):
 
     def announce(self, export: TapExport) -> None:
         if self._transport is not None:
-            self._send(FrameType.EXPORT, export.id, export.disk.size, payload=export.name.encode())
+            # DIRTY tells the VDSA that this export's copies are not a complete, ordered
+            # stream until its resync is done (after a restart or a lost connection).
+            flags = FrameFlag.DIRTY if export.tracker.has_lost() else FrameFlag.NONE
+            self._send(
+                FrameType.EXPORT,
+                export.id,
+                export.disk.size,
+                payload=export.name.encode(),
+                flags=flags,
+            )
 
     def reserve(self, export: TapExport, offset: int, length: int) -> tuple[range, bool]:
         """Before a write reaches the disk: mark its blocks; True if its copy will be sent."""

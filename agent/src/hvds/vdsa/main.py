@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import signal
 import sys
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import uvloop
 
 from hvds.vdsa.image_sink import ImageSink
-from hvds.vdsa.receiver import TapConnection
+from hvds.vdsa.receiver import serve_taps
 
 log = logging.getLogger("hvds.vdsa")
 
@@ -28,10 +27,7 @@ log = logging.getLogger("hvds.vdsa")
 async def run_sink(listen: Path, directory: Path, record: Path | None) -> None:
     sink = ImageSink(directory, record)
     loop = asyncio.get_running_loop()
-    listen.parent.mkdir(parents=True, exist_ok=True)
-    listen.unlink(missing_ok=True)
-    server = await loop.create_unix_server(lambda: TapConnection(sink), str(listen))
-    os.chmod(listen, 0o660)
+    server = await serve_taps(sink, str(listen))
     stopping = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stopping.set)
     loop.add_signal_handler(signal.SIGINT, stopping.set)

@@ -1,14 +1,18 @@
 """The VDSA's I/O receiver: takes the write copies of every tap on the host over a unix socket.
 
-Each tap connection is decoded into frames and handed, in order, to a consumer; once the consumer
-has taken a batch, the receiver acknowledges its last sequence so the tap can clear those blocks
-from its dirty bitmap.
+Each tap connection is decoded into frames and handed, in order, to a session of a consumer. The
+session says when the tap may forget a copy (``acknowledge``: the sink once it applied it, the
+replication source once every target made it durable) and may stop the reading while it is full
+(``TapFlow``), which makes the tap keep further writes in its dirty bitmap.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
 from typing import Protocol, cast
 
 from hvds.link.wire import Frame, FrameDecoder, FrameType, LinkProtocolError, encode_header
@@ -16,10 +20,10 @@ from hvds.link.wire import Frame, FrameDecoder, FrameType, LinkProtocolError, en
 log = logging.getLogger(__name__)
 
 
-class CopyConsumer(Protocol):
-    """What the receiver hands frames to (the image sink here; the sequencer later)."""
+class TapFlow(Protocol):
+    def pause_reading(self) -> None: ...
 
-    def open_session(self, peer: str) -> CopySession: ...
+    def resume_reading(self) -> None: ...
 
 
 class CopySession(Protocol):
@@ -30,6 +34,14 @@ class CopySession(Protocol):
     def close(self) -> None: ...
 
 
+class CopyConsumer(Protocol):
+    """What the receiver hands frames to: the image sink, or the replication source."""
+
+    def open_session(
+        self, peer: str, acknowledge: Callable[[int], None], flow: TapFlow
+    ) -> CopySession: ...
+
+
 class TapConnection(asyncio.Protocol):
     def __init__(self, consumer: CopyConsumer) -> None:
         self._consumer = consumer
@@ -37,11 +49,11 @@ class TapConnection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._session: CopySession | None = None
         self._expected_seq = 1
+        self._acknowledged = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without inheriting from it.
-        transport = cast(asyncio.Transport, transport)
-        self._transport = transport
+        self._transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         assert self._transport is not None
@@ -49,13 +61,18 @@ class TapConnection(asyncio.Protocol):
             frames = self._decoder.feed(data)
             for frame in frames:
                 self._take(frame)
-        except (LinkProtocolError, OSError) as exc:
+        except (LinkProtocolError, OSError, ValueError) as exc:
             log.error("dropping tap connection: %s", exc)
             self._transport.abort()
             return
         if frames and self._session is not None:
             self._session.batch_done()
-            self._transport.write(encode_header(FrameType.ACK, self._expected_seq - 1))
+
+    def acknowledge(self, seq: int) -> None:
+        """Tell the tap that every copy up to ``seq`` is taken care of."""
+        if seq > self._acknowledged and self._transport is not None:
+            self._acknowledged = seq
+            self._transport.write(encode_header(FrameType.ACK, seq))
 
     def _take(self, frame: Frame) -> None:
         if frame.seq != self._expected_seq:
@@ -64,7 +81,9 @@ class TapConnection(asyncio.Protocol):
         if frame.type is FrameType.HELLO:
             if self._session is not None:
                 raise LinkProtocolError("second HELLO on one connection")
-            self._session = self._consumer.open_session(frame.payload.decode(errors="replace"))
+            assert self._transport is not None
+            peer = frame.payload.decode(errors="replace")
+            self._session = self._consumer.open_session(peer, self.acknowledge, self._transport)
             return
         if self._session is None:
             raise LinkProtocolError(f"{frame.type.name} before HELLO")
@@ -73,5 +92,17 @@ class TapConnection(asyncio.Protocol):
         self._session.take(frame)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
         if self._session is not None:
             self._session.close()
+
+
+async def serve_taps(consumer: CopyConsumer, path: str) -> asyncio.Server:
+    """Listen for taps on a unix socket that only this host's root and group may use."""
+    socket_path = Path(path)
+    socket_path.parent.mkdir(parents=True, exist_ok=True)
+    socket_path.unlink(missing_ok=True)
+    loop = asyncio.get_running_loop()
+    server = await loop.create_unix_server(lambda: TapConnection(consumer), path)
+    os.chmod(socket_path, 0o660)
+    return server
