@@ -113,7 +113,7 @@ def test_fio_random_write_verified_and_replica_identical(running: Lab, tcp: bool
     out = run(
         "fio", "--name=verify", "--ioengine=nbd", f"--uri={running.uri('disk0', tcp)}",
         "--rw=randwrite", "--bs=4k", "--iodepth=32", "--size=64M",
-        "--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--output-format=json",
+        "--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--verify_state_save=0", "--output-format=json",
     )  # fmt: skip
     job = json.loads(out[out.index("{") :])["jobs"][0]
     assert job["error"] == 0
@@ -158,7 +158,7 @@ def test_many_clients_at_once_on_both_transports(running: Lab) -> None:
                 "fio", "--name=slice", "--ioengine=nbd", f"--uri={running.uri('disk0', tcp)}",
                 "--rw=randwrite", "--bs=16k", "--iodepth=8", "--numjobs=4", "--size=8M",
                 f"--offset={32 * MiB if tcp else 0}", "--offset_increment=8M",
-                "--verify=crc32c", "--do_verify=1", "--verify_fatal=1",
+                "--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--verify_state_save=0",
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
