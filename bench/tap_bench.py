@@ -4,7 +4,8 @@
                                         [--servers ...] [--json FILE]
 
 Every server serves the same raw image (created fresh under /var/tmp, filled with random data,
-kept in the page cache) on a unix socket, one server at a time:
+kept in the page cache) on a unix socket. The servers are started once and stay up; the fio
+jobs run one at a time, workload by workload, each workload on every server in turn:
 
   hvds-tap     the tap, copying every write to a running VDSA sink (hvds-vdsa sink)
   nbdkit-file  nbdkit's file plugin, default threads: the baseline the ratios are taken against
@@ -94,6 +95,7 @@ class JobResult:
     sink_cpu_pct: float | None = None
     core0_busy_pct: float | None = None
     core1_busy_pct: float | None = None
+    steal_pct: float | None = None
     fio_cpu_pct: float | None = None
     lat_mean_us: float | None = None
     clat_p99_us: float | None = None
@@ -181,9 +183,13 @@ class Processes:
                 continue
         return None
 
-    def stop_all(self) -> None:
-        for proc in reversed(list(self._procs)):
+    def stop_all(self, keep: int = 0) -> None:
+        """Stop every process but the first ``keep`` started (and still running)."""
+        for proc in reversed(self._procs[keep:]):
             self.stop(proc)
+
+    def __len__(self) -> int:
+        return len(self._procs)
 
 
 def wait_until(proc: Proc, what: str, ready: Callable[[], bool]) -> None:
@@ -248,24 +254,26 @@ def cpu_seconds(pid: int) -> float:
     return total / CLK_TCK
 
 
-def core_times() -> dict[int, tuple[int, int]]:
-    """(busy, total) jiffies per CPU from /proc/stat."""
-    times: dict[int, tuple[int, int]] = {}
+Jiffies = dict[int, tuple[int, int, int]]
+
+
+def core_times() -> Jiffies:
+    """(busy, total, steal) jiffies per CPU from /proc/stat."""
+    times: Jiffies = {}
     for line in Path("/proc/stat").read_text().splitlines():
         name, *values = line.split()
         if name.startswith("cpu") and name[3:].isdigit():
             user, nice, system, idle, iowait, irq, softirq, steal = map(int, values[:8])
             busy = user + nice + system + irq + softirq + steal
-            times[int(name[3:])] = (busy, busy + idle + iowait)
+            times[int(name[3:])] = (busy, busy + idle + iowait, steal)
     return times
 
 
-def busy_pct(
-    before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]], cpu: int
-) -> float:
-    busy = after[cpu][0] - before[cpu][0]
-    total = after[cpu][1] - before[cpu][1]
-    return 100.0 * busy / total if total else 0.0
+def core_pct(before: Jiffies, after: Jiffies, cpu: int, which: int, seconds: float) -> float:
+    """Busy (which=0) or stolen (which=2) time of ``cpu`` between two samples, in % of
+    ``seconds`` (the fio job's run time, like the servers' CPU: fio's start and end are idle)."""
+    part = after[cpu][which] - before[cpu][which]
+    return 100.0 * part / CLK_TCK / seconds
 
 
 # -- servers -----------------------------------------------------------------------------------
@@ -424,6 +432,19 @@ def wait_drained(port: int, result: JobResult) -> None:
         time.sleep(0.05)
 
 
+def explain_backlog(server: Server, port: int) -> None:
+    """The sink did not catch up: say what state the tap and the sink are in."""
+    samples = scrape(port)
+    log(f"[{server.name}] the sink did not catch up; tap metrics now:")
+    for key, value in sorted(samples.items()):
+        if key.startswith(("hvds_tap_dirty", "hvds_tap_vdsa", "hvds_tap_copies_lost_total")):
+            log(f"    {key} {value:.0f}")
+    for proc in server.procs:
+        state = "running" if proc.popen.poll() is None else f"exited {proc.popen.returncode}"
+        log(f"  {proc.name} ({state}), last lines of its log:")
+        log("    " + proc.log_tail(8).replace("\n", "\n    "))
+
+
 def run_job(server: Server, workload: Workload, runtime: int) -> JobResult:
     result = JobResult(server.name, workload.name)
     os.sync()  # start every job without someone else's dirty pages waiting for writeback
@@ -443,11 +464,16 @@ def run_job(server: Server, workload: Workload, runtime: int) -> JobResult:
         raise BenchError(f"fio job error {job['error']}")
     io = job[workload.direction]
     seconds = job["job_runtime"] / 1000.0
+    if seconds <= 0:
+        raise BenchError("fio reports a run time of 0")
     result.iops = float(io["iops"])
     result.mb_per_s = io["bw_bytes"] / 1e6
     result.server_cpu_pct = 100.0 * (cpu_after - cpu_before) / seconds
-    result.core0_busy_pct = busy_pct(cores_before, cores_after, SERVER_CPU)
-    result.core1_busy_pct = busy_pct(cores_before, cores_after, CLIENT_CPU)
+    result.core0_busy_pct = core_pct(cores_before, cores_after, SERVER_CPU, 0, seconds)
+    result.core1_busy_pct = core_pct(cores_before, cores_after, CLIENT_CPU, 0, seconds)
+    result.steal_pct = max(
+        core_pct(cores_before, cores_after, cpu, 2, seconds) for cpu in (SERVER_CPU, CLIENT_CPU)
+    )
     result.fio_cpu_pct = float(job["usr_cpu"]) + float(job["sys_cpu"])
     result.lat_mean_us = io["lat_ns"]["mean"] / 1000.0
     p99 = io["clat_ns"].get("percentile", {}).get("99.000000")
@@ -457,6 +483,8 @@ def run_job(server: Server, workload: Workload, runtime: int) -> JobResult:
     if port is not None:
         if workload.direction == "write":
             wait_drained(port, result)
+            if result.sink_backlog_bytes is not None:
+                explain_backlog(server, port)
         metrics_after = scrape(port)
         for attr, name in (
             ("copies_lost", "hvds_tap_copies_lost_total"),
@@ -528,13 +556,16 @@ def environment() -> dict[str, str]:
     }
 
 
-def choose(values: Sequence[str] | None, allowed: Sequence[str], what: str) -> list[str]:
+def choose(
+    parser: argparse.ArgumentParser, values: Sequence[str] | None, allowed: Sequence[str]
+) -> list[str]:
+    """The values asked for (space or comma separated), in the order of ``allowed``."""
     if not values:
         return list(allowed)
     chosen = [v for value in values for v in value.split(",") if v]
     unknown = [v for v in chosen if v not in allowed]
     if unknown:
-        raise SystemExit(f"unknown {what}: {', '.join(unknown)} (choose from {', '.join(allowed)})")
+        parser.error(f"unknown {', '.join(unknown)} (choose from {', '.join(allowed)})")
     return [v for v in allowed if v in chosen]
 
 
@@ -552,8 +583,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.runtime < 1:
         parser.error("--runtime must be at least 1 second")
-    args.workloads = choose(args.workloads, list(WORKLOADS), "workload")
-    args.servers = choose(args.servers, SERVERS, "server")
+    args.workloads = choose(parser, args.workloads, list(WORKLOADS))
+    args.servers = choose(parser, args.servers, SERVERS)
     return args
 
 
@@ -610,12 +641,16 @@ def report_text(
         f"fio {runtime} s per job, ioengine=nbd over a unix socket, {size / 2**30:g} GiB raw "
         "image of random data in the page cache."
     )
-    yield "CPU % = the server's utime+stime over the job, in % of one core; MB = 10^6 bytes."
-    yield "core0 % = all of CPU 0 busy (server, sink, kernel) over the job."
+    yield (
+        "CPU % = the server's utime+stime (all threads) over fio's run time, in % of one core; "
+        "MB = 10^6 bytes."
+    )
+    yield "core0 % = all of CPU 0 busy (server, sink, kernel) over fio's run time."
+    yield "fio % = the client's CPU (on CPU 1): near 100, the client is the limit, not the server."
     for key, value in env.items():
         yield f"  {key + ':':11} {value}"
     header = (
-        f"{'server':<12} {'IOPS':>10} {'MB/s':>9} {'CPU %':>7} {'core0 %':>8} "
+        f"{'server':<12} {'IOPS':>10} {'MB/s':>9} {'CPU %':>7} {'core0 %':>8} {'fio %':>6} "
         f"{'vs ' + BASELINE:>15}  notes"
     )
     summary = []
@@ -632,11 +667,12 @@ def report_text(
             yield (
                 f"{r.server:<12} {_fmt(r.iops, ',.0f'):>10} {_fmt(r.mb_per_s, '.1f'):>9} "
                 f"{_fmt(r.server_cpu_pct, '.0f'):>7} {_fmt(r.core0_busy_pct, '.0f'):>8} "
-                f"{ratio:>15}  {notes(r)}".rstrip()
+                f"{_fmt(r.fio_cpu_pct, '.0f'):>6} {ratio:>15}  {notes(r)}".rstrip()
             )
         tap = next((r for r in rows if r.server == TAP), None)
         if tap is not None:
-            summary.append(f"{name:<13} {TAP}/{BASELINE} = {_fmt(tap.ratio_vs_baseline, '.2f')}x")
+            ratio = "n/a" if tap.ratio_vs_baseline is None else f"{tap.ratio_vs_baseline:.2f}x"
+            summary.append(f"{name:<13} {TAP}/{BASELINE} = {ratio}")
     if summary:
         yield ""
         yield "Summary (IOPS ratio):"
@@ -673,6 +709,23 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+def start_servers(
+    procs: Processes, args: argparse.Namespace, image: Path, failed: dict[str, str]
+) -> list[Server]:
+    """Start every server asked for; those that fail are stopped and told in ``failed``."""
+    servers = []
+    for name in args.servers:
+        log(f"[{name}] starting")
+        running = len(procs)
+        try:
+            servers.append(start_server(procs, name, image, args.size))
+        except BenchError as exc:
+            log(f"[{name}] FAILED to start: {exc}")
+            failed[name] = str(exc).splitlines()[0]
+            procs.stop_all(keep=running)
+    return servers
+
+
 def bench(args: argparse.Namespace, results: list[JobResult]) -> None:
     if not {SERVER_CPU, CLIENT_CPU} <= os.sched_getaffinity(0):
         raise BenchError(f"needs CPUs {SERVER_CPU} and {CLIENT_CPU} to pin to")
@@ -684,22 +737,23 @@ def bench(args: argparse.Namespace, results: list[JobResult]) -> None:
         image = workdir / "disk.raw"
         log(f"creating {image} ({args.size / 2**30:g} GiB of random data)")
         make_image(image, args.size)
-        for name in args.servers:
-            log(f"[{name}] starting")
-            try:
-                server = start_server(procs, name, image, args.size)
-            except BenchError as exc:
-                log(f"[{name}] FAILED to start: {exc}")
-                results.extend(JobResult(name, w, error=f"start: {exc}") for w in args.workloads)
-                procs.stop_all()
-                continue
-            for wname in args.workloads:
+        # Every server is started once and stays up, idle while the others run: the servers of a
+        # workload are then measured minutes apart at most, not a whole run apart.
+        failed: dict[str, str] = {}
+        servers = {s.name: s for s in start_servers(procs, args, image, failed)}
+        for wname in args.workloads:
+            for name in args.servers:
+                server = servers.get(name)
+                if server is None:
+                    results.append(JobResult(name, wname, error=f"start: {failed[name]}"))
+                    continue
                 try:
                     result = run_job(server, WORKLOADS[wname], args.runtime)
                 except (BenchError, subprocess.TimeoutExpired, OSError, KeyError) as exc:
                     result = JobResult(name, wname, error=str(exc) or type(exc).__name__)
                 results.append(result)
                 log(f"[{name}] {wname}: {summary_line(result)}")
+        for server in servers.values():
             stop_server(procs, server)
     finally:
         procs.stop_all()
@@ -742,7 +796,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(document, indent=2) + "\n")
         log(f"results written to {args.json}")
-    return 1 if any(r.error for r in results) else 0
+    # A sink that never caught up means copies went missing: as much a failure as a failed job.
+    return 1 if any(r.error or r.sink_backlog_bytes is not None for r in results) else 0
 
 
 if __name__ == "__main__":

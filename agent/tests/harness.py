@@ -12,6 +12,9 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import tomli_w
 
 BIN = Path(shutil.which("hvds-tap") or "hvds-tap").parent
 
@@ -124,19 +127,17 @@ class Lab:
         return self.exports[name]
 
     def write_config(self, **tap_settings: object) -> None:
-        lines = [
-            "[tap]",
-            f'unix_socket = "{self.tap_socket}"',
-            f'tcp = "127.0.0.1:{self.tcp_port}"',
-            f'vdsa_socket = "{self.vdsa_socket}"',
-            f'state_dir = "{self.root / "state"}"',
-            f'metrics = "127.0.0.1:{self.metrics_port}"',
-            'tap_id = "test-host"',
-        ]
-        lines += [f"{key} = {json.dumps(value)}" for key, value in tap_settings.items()]
-        for name, path in self.exports.items():
-            lines += ["", "[[export]]", f'name = "{name}"', f'path = "{path}"']
-        self.config_path.write_text("\n".join(lines) + "\n")
+        settings = {
+            "unix_socket": str(self.tap_socket),
+            "tcp": f"127.0.0.1:{self.tcp_port}",
+            "vdsa_socket": str(self.vdsa_socket),
+            "state_dir": str(self.root / "state"),
+            "metrics": f"127.0.0.1:{self.metrics_port}",
+            "tap_id": self.root.name,
+            **tap_settings,
+        }
+        exports = [{"name": name, "path": str(path)} for name, path in self.exports.items()]
+        self.config_path.write_text(tomli_w.dumps({"tap": settings, "export": exports}))
 
     def start_tap(self, **tap_settings: object) -> Service:
         self.write_config(**tap_settings)
@@ -187,3 +188,90 @@ class Lab:
             if service is not None and service.proc is not None and service.proc.poll() is None:
                 service.resume()  # a paused process cannot act on SIGTERM
                 service.stop()
+
+
+@dataclass
+class Vdsa:
+    """An hvds-vdsa process (source and/or target role) configured in its own directory."""
+
+    root: Path
+    name: str
+    tls: Any  # pki.TlsFiles
+    listen_port: int = field(default_factory=free_port)
+    source_vpgs: list[dict[str, Any]] = field(default_factory=list)
+    target_vpgs: list[dict[str, Any]] = field(default_factory=list)
+    service: Service | None = None
+
+    @property
+    def tap_socket(self) -> Path:
+        return self.root / "vdsa.sock"
+
+    @property
+    def control_socket(self) -> Path:
+        return self.root / "control.sock"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.listen_port}"
+
+    def mirror(self, disk_name: str) -> Path:
+        return self.root / "mirrors" / f"{disk_name}.raw"
+
+    def replicate_here(self, vpg: str, disks: dict[int, tuple[str, int]], **options: Any) -> None:
+        """Make this VDSA a target of ``vpg``: disks by id, as (name, size)."""
+        self.target_vpgs.append({
+            "name": vpg,
+            "disks": [
+                {"disk": disk_id, "name": name, "size": size, "mirror": str(self.mirror(name))}
+                for disk_id, (name, size) in disks.items()
+            ],
+            **options,
+        })  # fmt: skip
+
+    def protect(
+        self, vpg: str, exports: dict[str, int], targets: list[Vdsa], **options: Any
+    ) -> None:
+        """Make this VDSA the source of ``vpg``: its tap's exports by disk id."""
+        self.source_vpgs.append({
+            "name": vpg,
+            "disks": [{"export": export, "disk": disk} for export, disk in exports.items()],
+            "targets": [{"address": t.address, "server_name": t.name} for t in targets],
+            **options,
+        })  # fmt: skip
+
+    def start(self) -> Service:
+        settings: dict[str, Any] = {
+            "id": self.name,
+            "tap_socket": str(self.tap_socket),
+            "control_socket": str(self.control_socket),
+        }
+        if self.target_vpgs:
+            settings["listen"] = self.address
+            settings["journal_dir"] = str(self.root / "journal")
+        config: dict[str, Any] = {
+            "vdsa": settings,
+            "tls": {"ca": str(self.tls.ca), "cert": str(self.tls.cert), "key": str(self.tls.key)},
+            "source_vpg": self.source_vpgs,
+            "target_vpg": self.target_vpgs,
+        }
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / "vdsa.toml"
+        path.write_text(tomli_w.dumps(config))
+        argv = [str(BIN / "hvds-vdsa"), "run", "--config", str(path)]
+        self.service = Service(argv, self.root / "vdsa.log").start()
+        return self.service
+
+    def control(self, **message: Any) -> dict[str, Any]:
+        from hvds.vdsa.control import request  # noqa: PLC0415
+
+        answer = request(self.control_socket, message)
+        assert answer["ok"], answer
+        return answer
+
+    def status(self) -> dict[str, Any]:
+        return self.control(op="status")
+
+    def stop(self) -> None:
+        if self.service is not None and self.service.proc and self.service.proc.poll() is None:
+            self.service.resume()
+            self.service.stop()

@@ -27,12 +27,14 @@ class FrameSplitter:
         frames: list[tuple[tuple[Any, ...], bytes]] = []
         size = self._header.size
         pos = 0
-        while len(buffer) - pos >= size:
-            fields = self._header.unpack_from(buffer, pos)
-            end = pos + size + self._payload_length(fields)
-            if len(buffer) < end:
-                break
-            frames.append((fields, bytes(buffer[pos + size : end])))
-            pos = end
+        # Payloads are copied out through a view: slicing the bytearray would copy twice.
+        with memoryview(buffer) as view:
+            while len(buffer) - pos >= size:
+                fields = self._header.unpack_from(buffer, pos)
+                end = pos + size + self._payload_length(fields)
+                if len(buffer) < end:
+                    break
+                frames.append((fields, bytes(view[pos + size : end])))
+                pos = end
         del buffer[:pos]
         return frames

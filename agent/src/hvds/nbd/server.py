@@ -72,6 +72,13 @@ _RANGED = frozenset(
     }
 )
 _MODIFYING = frozenset({Command.WRITE, Command.TRIM, Command.WRITE_ZEROES})
+# Plain ints on the request path: constructing enum members costs microseconds per request.
+_COMMANDS: dict[int, Command] = {command.value: command for command in Command}
+_FORBIDDEN_FLAGS: dict[Command, int] = {
+    command: ~int(allowed) for command, allowed in ALLOWED_COMMAND_FLAGS.items()
+}
+_DF = int(CommandFlag.DF)
+
 # Commands whose error reply must be a structured chunk once structured replies are on.
 _STRUCTURED_ERRORS = frozenset({Command.READ, Command.BLOCK_STATUS})
 
@@ -96,10 +103,11 @@ class ExportCatalog(Protocol):
 
 @dataclass(slots=True)
 class Request:
-    """A validated transmission-phase request. ``payload`` is set for WRITE only."""
+    """A validated transmission-phase request. ``payload`` is set for WRITE only; ``flags`` is
+    a plain int of CommandFlag bits."""
 
     command: Command
-    flags: CommandFlag
+    flags: int
     handle: int
     offset: int
     length: int
@@ -482,7 +490,7 @@ class ServerConnection:
             else:
                 self._outgoing.append(reply)
             return True
-        request = Request(Command(kind), CommandFlag(flags), handle, offset, length)
+        request = Request(_COMMANDS[kind], flags, handle, offset, length)
         if request.command is Command.WRITE and length:
             self._payload = _PendingPayload(request, bytearray(length))
             return True
@@ -498,13 +506,12 @@ class ServerConnection:
     ) -> tuple[Errno, str] | None:
         export = self._export
         assert export is not None
-        try:
-            command = Command(kind)
-        except ValueError:
+        command = _COMMANDS.get(kind)
+        if command is None:
             return Errno.EINVAL, f"unknown command {kind}"
-        if flags & ~int(ALLOWED_COMMAND_FLAGS[command]):
+        if flags & _FORBIDDEN_FLAGS[command]:
             return Errno.EINVAL, f"flags {flags:#x} not valid for {command.name}"
-        if flags & CommandFlag.DF and not self._structured:
+        if flags & _DF and not self._structured:
             return Errno.EINVAL, "DF needs structured replies"
         if command in _MODIFYING and export.read_only:
             return Errno.EPERM, "export is read-only"

@@ -24,6 +24,13 @@ from hvds.tap.link import VdsaLink
 log = logging.getLogger(__name__)
 
 
+# Request flags are plain ints (see hvds.nbd.server.Request); so are these.
+_FUA = int(CommandFlag.FUA)
+_NO_HOLE = int(CommandFlag.NO_HOLE)
+_FAST_ZERO = int(CommandFlag.FAST_ZERO)
+_REQ_ONE = int(CommandFlag.REQ_ONE)
+
+
 def wire_errno(exc: OSError) -> int:
     """The NBD error for a failed disk operation: out of space is worth telling apart."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -89,6 +96,7 @@ class NbdClient(asyncio.BufferedProtocol):
                 log.debug("NBD client closed: %s", event.reason)
                 self._close_when_idle = True
         self._outgoing.extend(conn.data_to_send())
+        self._link.flush()  # the copies of this batch's writes, in one system call
         self._flush_outgoing()
 
     def _flush_outgoing(self) -> None:
@@ -137,7 +145,7 @@ class NbdClient(asyncio.BufferedProtocol):
                     export.disk.fd, request.offset, request.length, os.POSIX_FADV_WILLNEED
                 )
             elif command is Command.BLOCK_STATUS:
-                limit = 1 if request.flags & CommandFlag.REQ_ONE else 256
+                limit = 1 if request.flags & _REQ_ONE else 256
                 extents = export.disk.extents(request.offset, request.length, limit)
                 self._outgoing.append(self._conn.reply_block_status(request.handle, extents))
                 self._done(export, command, 0, started)
@@ -154,7 +162,7 @@ class NbdClient(asyncio.BufferedProtocol):
             self._outgoing.append(self._conn.reply_error(request, wire_errno(exc), str(exc)))
             self._done(export, command, 0, started)
             return
-        if request.flags & CommandFlag.FUA:
+        if request.flags & _FUA:
             self._after_sync(export, request, started)
             return
         self._outgoing.append(self._conn.reply(request.handle))
@@ -174,10 +182,10 @@ class NbdClient(asyncio.BufferedProtocol):
 
     def _zero(self, export: TapExport, request: Request) -> bool:
         """TRIM and WRITE_ZEROES; False if refused (a fast zero we cannot do fast)."""
-        if request.flags & CommandFlag.FAST_ZERO and export.disk.is_block_device:
+        if request.flags & _FAST_ZERO and export.disk.is_block_device:
             self._outgoing.append(self._conn.reply(request.handle, Errno.ENOTSUP))
             return False
-        may_trim = request.command is Command.TRIM or not request.flags & CommandFlag.NO_HOLE
+        may_trim = request.command is Command.TRIM or not request.flags & _NO_HOLE
         blocks, send = self._link.reserve(export, request.offset, request.length)
         try:
             export.disk.zero(request.offset, request.length, may_trim)

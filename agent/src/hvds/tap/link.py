@@ -41,6 +41,8 @@ class VdsaLink(asyncio.Protocol):
         self._room = asyncio.Event()
         self._resync_wanted = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._queue: list[bytes | bytearray] = []
+        self._queued_bytes = 0
         self._closing = False
         self._connected = asyncio.Event()
         self._disconnected = asyncio.Event()
@@ -99,9 +101,11 @@ class VdsaLink(asyncio.Protocol):
         self._decoder = FrameDecoder()
         log.info("connected to VDSA at %s", self._socket_path)
         self.stats.up = True
+        self._queue, self._queued_bytes = [], 0
         self._send(FrameType.HELLO, payload=self._tap_id.encode())
         for export in self._exports:
             self.announce(export)
+        self.flush()
         self._room.set()
         self._resync_wanted.set()
 
@@ -150,12 +154,13 @@ class VdsaLink(asyncio.Protocol):
                 payload=export.name.encode(),
                 flags=flags,
             )
+            self.flush()
 
     def reserve(self, export: TapExport, offset: int, length: int) -> tuple[range, bool]:
         """Before a write reaches the disk: mark its blocks; True if its copy will be sent."""
         blocks = export.tracker.blocks(offset, length)
         transport = self._transport
-        if transport is not None and transport.get_write_buffer_size() < self._limit:
+        if transport is not None and self._buffered_bytes() < self._limit:
             export.tracker.copy_sent(blocks)
             return blocks, True
         export.tracker.copy_lost(blocks)
@@ -188,15 +193,24 @@ class VdsaLink(asyncio.Protocol):
         payload: bytes | bytearray = b"",
         flags: int = 0,
     ) -> int:
-        transport = self._transport
-        assert transport is not None
+        """Queue a frame; ``flush()`` hands the queue to the transport in one writev."""
         self._seq += 1
         header = encode_header(kind, self._seq, export_id, offset, length or len(payload), flags)
+        self._queue.append(header)
         if payload:
-            transport.writelines((header, payload))
-        else:
-            transport.write(header)
+            self._queue.append(payload)
+            self._queued_bytes += len(payload)
         return self._seq
+
+    def flush(self) -> None:
+        """Send the frames queued so far. The NBD side calls it once per batch of requests:
+        one system call for many copies is what keeps the copy cheap."""
+        if not self._queue:
+            return
+        if self._transport is not None:
+            self._transport.writelines(self._queue)
+        self._queue = []
+        self._queued_bytes = 0
 
     def _acknowledge(self, seq: int) -> None:
         in_flight = self._in_flight
@@ -206,7 +220,8 @@ class VdsaLink(asyncio.Protocol):
 
     def _buffered_bytes(self) -> int:
         transport = self._transport
-        return transport.get_write_buffer_size() if transport is not None else 0
+        queued = self._queued_bytes
+        return queued + transport.get_write_buffer_size() if transport is not None else queued
 
     # -- resync ----------------------------------------------------------------------------
 
@@ -225,6 +240,7 @@ class VdsaLink(asyncio.Protocol):
         block_size = tracker.block_size
         log.info("resync of %s: %d dirty blocks", export.name, tracker.lost_blocks)
         self._send(FrameType.RESYNC_START, export.id)
+        self.flush()
         sent = 0
         for block in tracker.lost():
             while self._transport is not None and not self._has_room():
@@ -243,13 +259,14 @@ class VdsaLink(asyncio.Protocol):
             )
             self._in_flight.append((seq, export, range(block, block + 1)))
             export.stats.resync_bytes += len(data)
+            self.flush()
             sent += 1
             if sent % 64 == 0:
                 await asyncio.sleep(0)  # let the VMs' requests in between resync reads
         if self._transport is not None and not tracker.has_lost():
             self._send(FrameType.RESYNC_DONE, export.id)
+            self.flush()
             log.info("resync of %s: sent %d blocks", export.name, sent)
 
     def _has_room(self) -> bool:
-        transport = self._transport
-        return transport is not None and transport.get_write_buffer_size() < self._limit // 2
+        return self._transport is not None and self._buffered_bytes() < self._limit // 2
