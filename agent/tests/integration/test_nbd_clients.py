@@ -113,7 +113,8 @@ def test_fio_random_write_verified_and_replica_identical(running: Lab, tcp: bool
     out = run(
         "fio", "--name=verify", "--ioengine=nbd", f"--uri={running.uri('disk0', tcp)}",
         "--rw=randwrite", "--bs=4k", "--iodepth=32", "--size=64M",
-        "--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--verify_state_save=0", "--output-format=json",
+        "--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--verify_state_save=0",
+        "--output-format=json",
     )  # fmt: skip
     job = json.loads(out[out.index("{") :])["jobs"][0]
     assert job["error"] == 0

@@ -100,6 +100,8 @@ class VdsaSettings(StrictModel):
     listen: HostPort | None = None
     journal_dir: Path | None = None
     metrics: HostPort | None = None
+    # Local commands (checkpoint, status) as JSON lines; the site manager drives it.
+    control_socket: Path | None = None
 
     @field_validator("listen", "metrics", mode="before")
     @classmethod

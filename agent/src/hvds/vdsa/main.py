@@ -1,25 +1,35 @@
 """hvds-vdsa: the virtual data services appliance of a host.
 
-    hvds-vdsa sink --listen /run/hvds/vdsa.sock --dir /var/lib/hvds/replica [--record FILE]
+    hvds-vdsa run --config /etc/hvds/vdsa.toml      # source and target roles
+    hvds-vdsa checkpoint --control SOCK --vpg NAME [--tag T] [--description D]
+    hvds-vdsa status --control SOCK
+    hvds-vdsa analyze IMAGE                          # partitions, file systems, OS
+    hvds-vdsa sink --listen SOCK --dir DIR [--record FILE]
 
-For now it runs the I/O receiver with the image sink: every copy a tap sends is applied, in
-order, to an image per export. The replication pipeline (sequencer, journal, targets) replaces
-the sink in the replication work.
+``sink`` applies every copy a tap sends, in order, to an image per export: a stand-in VDSA for
+testing and benchmarking the tap alone.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import uvloop
 
+from hvds.analyzer.cli import main as analyzer_main
+from hvds.settings import ConfigError
+from hvds.vdsa.config import VdsaConfig, load_config
+from hvds.vdsa.control import request
 from hvds.vdsa.image_sink import ImageSink
 from hvds.vdsa.receiver import serve_taps
+from hvds.vdsa.service import VdsaService
 
 log = logging.getLogger("hvds.vdsa")
 
@@ -38,20 +48,68 @@ async def run_sink(listen: Path, directory: Path, record: Path | None) -> None:
     sink.flush_record()
 
 
+async def run_service(config: VdsaConfig) -> None:
+    service = VdsaService(config)
+    await service.start()
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stopping.set)
+    loop.add_signal_handler(signal.SIGINT, stopping.set)
+    print("hvds-vdsa ready", flush=True)
+    await stopping.wait()
+    await service.stop()
+
+
 def main(argv: list[str] | None = None) -> int:
+    arguments = sys.argv[1:] if argv is None else argv
+    if arguments[:1] == ["analyze"]:
+        return analyzer_main(arguments[1:])  # its own options: hvds-vdsa analyze --help
     parser = argparse.ArgumentParser(prog="hvds-vdsa", description=__doc__.splitlines()[0])
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
     commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run the VDSA (source and target roles)")
+    run.add_argument("--config", type=Path, required=True, help="TOML configuration file")
+    checkpoint = commands.add_parser("checkpoint", help="take a checkpoint of a VPG now")
+    checkpoint.add_argument("--control", type=Path, required=True, help="control socket")
+    checkpoint.add_argument("--vpg", required=True)
+    checkpoint.add_argument("--tag", default="")
+    checkpoint.add_argument("--description", default="")
+    status = commands.add_parser("status", help="print the VDSA's state as JSON")
+    status.add_argument("--control", type=Path, required=True, help="control socket")
+    commands.add_parser("analyze", help="report partitions, file systems and OS of an image")
     sink = commands.add_parser("sink", help="apply every copy to an image per export")
     sink.add_argument("--listen", type=Path, required=True, help="unix socket for the taps")
     sink.add_argument("--dir", type=Path, required=True, help="directory of the images")
     sink.add_argument("--record", type=Path, help="append a JSON line per frame to this file")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(arguments)
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
-    uvloop.run(run_sink(args.listen, args.dir, args.record))
+    if args.command == "checkpoint":
+        message = {
+            "op": "checkpoint",
+            "vpg": args.vpg,
+            "tag": args.tag,
+            "description": args.description,
+        }
+        return _print_answer(request(args.control, message))
+    if args.command == "status":
+        return _print_answer(request(args.control, {"op": "status"}))
+    if args.command == "sink":
+        uvloop.run(run_sink(args.listen, args.dir, args.record))
+        return 0
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"hvds-vdsa: {exc}", file=sys.stderr)
+        return 2
+    uvloop.run(run_service(config))
     return 0
+
+
+def _print_answer(answer: dict[str, Any]) -> int:
+    print(json.dumps(answer, indent=2))
+    return 0 if answer.get("ok") else 1
 
 
 if __name__ == "__main__":

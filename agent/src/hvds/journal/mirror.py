@@ -1,0 +1,122 @@
+"""The mirrors: one raw image per disk, holding the disk as of the latest applied checkpoint."""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+
+from hvds.disk import Disk
+from hvds.journal.model import DiskSpec, JournalFull
+from hvds.journal.segments import fsync_directory
+from hvds.nbd.constants import AllocationFlag
+
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+class Mirrors:
+    def __init__(self, disks: Sequence[DiskSpec]) -> None:
+        self.specs: dict[int, DiskSpec] = {}
+        self._disks: dict[int, Disk] = {}
+        try:
+            for spec in disks:
+                if spec.id in self.specs:
+                    raise ValueError(f"disk id {spec.id} given twice")
+                self.specs[spec.id] = spec
+                self._disks[spec.id] = _open_mirror(spec)
+        except BaseException:
+            self.close()
+            raise
+
+    def read(self, disk: int, offset: int, length: int) -> bytes:
+        return self._disks[disk].read(offset, length)
+
+    def write(self, disk: int, offset: int, data: bytes) -> None:
+        with _no_space_is_full(self.specs[disk]):
+            self._disks[disk].write(offset, data)
+
+    def zero(self, disk: int, offset: int, length: int) -> None:
+        with _no_space_is_full(self.specs[disk]):
+            # A hole reads as zeroes and costs nothing: the mirror of a trimmed disk stays sparse.
+            self._disks[disk].zero(offset, length, may_trim=True)
+
+    def flush(self, disks: Iterable[int]) -> None:
+        for disk in sorted(set(disks)):
+            with _no_space_is_full(self.specs[disk]):
+                self._disks[disk].flush()
+
+    def capture(
+        self, disk: int, first_block: int, count: int, block_size: int
+    ) -> Iterator[tuple[int, int, bytes | None]]:
+        """The current content of whole blocks, as (offset, length, data) runs.
+
+        Runs of all-zero blocks come as data None: their undo costs a header, not the blocks,
+        which matters for sparse mirrors where most first writes land on zeroes.
+        """
+        size = self.specs[disk].size
+        start = first_block * block_size
+        end = min(start + count * block_size, size)
+        data = self._disks[disk].read(start, end - start)
+        run_start, run_zero = 0, False
+        pos = 0
+        while pos < len(data):
+            stop = min(pos + block_size, len(data))
+            zero = data.count(0, pos, stop) == stop - pos
+            if pos > run_start and zero != run_zero:
+                yield start + run_start, pos - run_start, None if run_zero else data[run_start:pos]
+                run_start = pos
+            run_zero = zero
+            pos = stop
+        if pos > run_start:
+            yield start + run_start, pos - run_start, None if run_zero else data[run_start:pos]
+
+    def data_bytes(self, disk: int, offset: int, length: int) -> int:
+        """Bytes of ``[offset, offset+length)`` that are not holes (all of it on a device)."""
+        mirror = self._disks[disk]
+        end = min(offset + length, self.specs[disk].size)
+        total = 0
+        while offset < end:
+            extents = mirror.extents(offset, end - offset)
+            if not extents:
+                return total + end - offset
+            for extent, flags in extents:
+                if not flags & AllocationFlag.HOLE:
+                    total += extent
+                offset += extent
+        return total
+
+    def close(self) -> None:
+        for disk in self._disks.values():
+            disk.close()
+        self._disks.clear()
+
+
+def _open_mirror(spec: DiskSpec) -> Disk:
+    if not spec.mirror.exists():
+        # Sparse: a fresh mirror reads as zeroes and costs nothing until written.
+        fd = os.open(spec.mirror, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+        try:
+            os.ftruncate(fd, spec.size)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        fsync_directory(spec.mirror.parent)
+    disk = Disk(spec.mirror)
+    too_small = disk.size < spec.size
+    if too_small or (disk.size != spec.size and not disk.is_block_device):
+        disk.close()
+        raise ValueError(
+            f"mirror {spec.mirror} of disk {spec.name} is {disk.size} bytes, not {spec.size}"
+        )
+    return disk
+
+
+@contextmanager
+def _no_space_is_full(spec: DiskSpec) -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in _NO_SPACE:
+            raise JournalFull(f"mirror {spec.mirror} of disk {spec.name}: {exc.strerror}") from exc
+        raise

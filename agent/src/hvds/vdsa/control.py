@@ -1,0 +1,78 @@
+"""The VDSA's local control socket: one JSON request per line, one JSON answer per line.
+
+    {"op": "checkpoint", "vpg": "erp", "tag": "before-upgrade", "description": "..."}
+    {"op": "status"}
+
+This is the coordinator interface of the checkpoint barrier: the site manager asks every VDSA
+of a VPG for a checkpoint. It listens on a unix socket that only root and its group may open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[dict[str, Any]], dict[str, Any]]
+MAX_REQUEST_BYTES = 64 * 1024
+
+
+async def serve_control(path: Path, handlers: dict[str, Handler]) -> asyncio.Server:
+    async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while line := await reader.readline():
+                writer.write(json.dumps(_answer(line, handlers)).encode() + b"\n")
+                await writer.drain()
+        except (ConnectionError, ValueError) as exc:
+            log.warning("control client dropped: %s", exc)
+        finally:
+            writer.close()
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    server = await asyncio.start_unix_server(client, str(path), limit=MAX_REQUEST_BYTES)
+    os.chmod(path, 0o660)
+    return server
+
+
+def _answer(line: bytes, handlers: dict[str, Handler]) -> dict[str, Any]:
+    try:
+        request = json.loads(line)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return {"ok": False, "error": f"not JSON: {exc}"}
+    if not isinstance(request, dict):
+        return {"ok": False, "error": "a request is a JSON object"}
+    handler = handlers.get(str(request.get("op")))
+    if handler is None:
+        return {
+            "ok": False,
+            "error": f"unknown op {request.get('op')!r}; known: {sorted(handlers)}",
+        }
+    try:
+        return {"ok": True, **handler(request)}
+    except (KeyError, ValueError, TypeError) as exc:
+        return {"ok": False, "error": str(exc)}
+
+
+def request(path: Path, message: dict[str, Any], timeout: float = 10) -> dict[str, Any]:
+    """Send one request to a VDSA's control socket (for the CLI and tests)."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(timeout)
+        sock.connect(str(path))
+        sock.sendall(json.dumps(message).encode() + b"\n")
+        answer = b""
+        while not answer.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    result = json.loads(answer)
+    assert isinstance(result, dict)
+    return result

@@ -1,0 +1,449 @@
+"""The VDSA's source role: the copies of a protection group's writes, in order, to every target.
+
+Flow: the tap's copies arrive through the receiver (``SourceTapSession``) and become *items* of
+their VPG, in arrival order, which is the order the tap completed them to the VMs. A timer adds
+a checkpoint item every ``checkpoint_interval``: everything before it in the VPG's order is the
+consistent cut. Each target has a ``TargetLink`` that numbers the items it sends (its own
+sequence), deduplicates and zero-elides them, compresses batches, honours the bandwidth limit,
+and resumes after a disconnect from the target's last durable sequence.
+
+A copy is acknowledged to the tap only once every target has made it durable. Until then the
+VDSA holds it in memory (bounded by ``max_unacknowledged_bytes``: beyond that it stops reading
+from the tap, and the tap keeps the overflow in its dirty bitmap). So a crash of this VDSA loses
+nothing: the tap resends, from the disk, every block not acknowledged.
+
+While any disk of a VPG is being resynced from a tap's bitmap, its copies are not in write order,
+and no checkpoint is taken: the target keeps its last consistent checkpoint until it is over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import ssl
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from hvds.link.wire import Frame, FrameFlag, FrameType
+from hvds.replication.dedup import MIN_DEDUP_BYTES, BlockCache, block_hash
+from hvds.replication.stream import FrameStream
+from hvds.replication.wire import (
+    BatchCodec,
+    Entry,
+    EntryKind,
+    ReplicationProtocolError,
+    json_frame,
+    parse_ack,
+    parse_json,
+)
+from hvds.replication.wire import FrameType as ReplFrame
+from hvds.vdsa.config import SourceVpg, TargetAddress
+from hvds.vdsa.receiver import CopySession, TapFlow
+
+log = logging.getLogger(__name__)
+
+PROTOCOL_VERSION = 1
+BATCH_BYTES = 1024 * 1024
+DEDUP_CACHE_BYTES = 64 * 1024 * 1024
+_RECONNECT_MIN, _RECONNECT_MAX = 0.1, 5.0
+
+
+@dataclass(eq=False, slots=True)
+class Item:
+    """One write, zeroing or checkpoint of a VPG, held until every target has it."""
+
+    kind: EntryKind
+    disk: int = 0
+    offset: int = 0
+    length: int = 0
+    data: bytes = b""  # WRITE: the data; CHECKPOINT: JSON
+    done: bool = False
+
+
+@dataclass
+class LinkStats:
+    bytes_in: int = 0  # data bytes of the writes sent
+    bytes_deduplicated: int = 0  # after zero elision and references
+    bytes_on_wire: int = 0  # after compression, frame headers included
+    acked_seq: int = 0
+    connected: bool = False
+
+
+class VpgSource:
+    def __init__(
+        self, config: SourceVpg, tls: ssl.SSLContext, vdsa_id: str, on_progress: Callable[[], None]
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self._items: deque[Item] = deque()
+        self._base = 0  # absolute index of _items[0]
+        self._held_bytes = 0
+        self._resyncing: set[int] = set()
+        self._on_progress = on_progress
+        self._flows: set[TapFlow] = set()
+        self._paused = False
+        self.checkpoints_taken = 0
+        self.links = [TargetLink(self, target, tls, vdsa_id) for target in config.targets]
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(link.run(), name=f"link-{self.name}") for link in self.links
+        ]
+        self._tasks.append(asyncio.create_task(self._checkpoint_timer(), name=f"cp-{self.name}"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # -- intake ----------------------------------------------------------------------------
+
+    @property
+    def end(self) -> int:
+        """Absolute index after the last item."""
+        return self._base + len(self._items)
+
+    def item(self, index: int) -> Item:
+        return self._items[index - self._base]
+
+    def intake(self, item: Item, flow: TapFlow | None = None) -> None:
+        self._items.append(item)
+        self._held_bytes += len(item.data)
+        if flow is not None:
+            self._flows.add(flow)
+        if self._held_bytes > self.config.max_unacknowledged_bytes and not self._paused:
+            log.warning("%s: targets are behind, pausing the taps", self.name)
+            self._paused = True
+            for tap in self._flows:
+                tap.pause_reading()
+        for link in self.links:
+            link.wake()
+
+    def set_resyncing(self, disk: int, resyncing: bool) -> None:
+        if resyncing:
+            if disk not in self._resyncing:
+                log.info("%s: disk %d out of write order until its resync is done", self.name, disk)
+            self._resyncing.add(disk)
+        elif disk in self._resyncing:
+            self._resyncing.discard(disk)
+            log.info("%s: disk %d back in write order", self.name, disk)
+
+    @property
+    def consistent(self) -> bool:
+        return not self._resyncing
+
+    def checkpoint(self, tag: str = "", description: str = "") -> bool:
+        """Cut a checkpoint after every item so far; False while a resync makes it impossible."""
+        if not self.consistent:
+            return False
+        info = json.dumps({"time_ns": time.time_ns(), "tag": tag, "description": description})
+        body = info.encode()
+        self.intake(Item(EntryKind.CHECKPOINT, length=len(body), data=body))
+        self.checkpoints_taken += 1
+        return True
+
+    async def _checkpoint_timer(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.checkpoint_interval)
+            self.checkpoint()
+
+    # -- completion ------------------------------------------------------------------------
+
+    def link_progressed(self) -> None:
+        """A target acknowledged: release what every target has."""
+        floor = min(link.acked_index for link in self.links)
+        released = False
+        while self._base < floor and self._items:
+            item = self._items.popleft()
+            self._base += 1
+            self._held_bytes -= len(item.data)
+            item.done = True
+            released = True
+        if self._paused and self._held_bytes < self.config.max_unacknowledged_bytes // 2:
+            log.info("%s: targets caught up, resuming the taps", self.name)
+            self._paused = False
+            for tap in self._flows:
+                tap.resume_reading()
+        if released:
+            self._on_progress()
+
+
+class TargetLink:
+    """The connection of one VPG to one target VDSA."""
+
+    def __init__(
+        self, vpg: VpgSource, target: TargetAddress, tls: ssl.SSLContext, vdsa_id: str
+    ) -> None:
+        self.vpg = vpg
+        self.target = target
+        self._tls = tls
+        self._vdsa_id = vdsa_id
+        self.acked_index = 0  # every item before this is durable at the target
+        self._sent: deque[tuple[int, int]] = deque()  # (target seq, item index), unacknowledged
+        self._next_index = 0
+        self._next_seq = 1
+        self._wakeup = asyncio.Event()
+        self._send_at = 0.0  # bandwidth limit: when the next byte may go
+        self.stats = LinkStats()
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        delay = _RECONNECT_MIN
+        while True:
+            try:
+                await self._session()
+                delay = _RECONNECT_MIN
+            except (
+                OSError,
+                ssl.SSLError,
+                ReplicationProtocolError,
+                asyncio.IncompleteReadError,
+            ) as exc:
+                log.warning("%s -> %s: %s", self.vpg.name, self.target.server_name, exc)
+            self.stats.connected = False
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _RECONNECT_MAX)
+
+    async def _session(self) -> None:
+        reader, writer = await asyncio.open_connection(
+            self.target.address.host,
+            self.target.address.port,
+            ssl=self._tls,
+            server_hostname=self.target.server_name,
+        )
+        try:
+            hello = {
+                "vpg": self.vpg.name,
+                "source": self._vdsa_id,
+                "protocol": PROTOCOL_VERSION,
+                "dedup_cache_bytes": DEDUP_CACHE_BYTES,
+            }
+            writer.write(json_frame(ReplFrame.HELLO, hello))
+            stream = FrameStream(reader)
+            welcome = await stream.next()
+            if welcome.type is not ReplFrame.WELCOME:
+                raise ReplicationProtocolError(f"expected WELCOME, got {welcome.type.name}")
+            self._resume_after(int(parse_json(welcome.payload)["last_seq"]))
+            self.stats.connected = True
+            log.info(
+                "%s -> %s: connected, resuming at sequence %d",
+                self.vpg.name,
+                self.target.server_name,
+                self._next_seq,
+            )
+            acks = asyncio.create_task(self._read_acks(stream))
+            try:
+                await self._send_loop(writer, acks)
+            finally:
+                acks.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await acks
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    def _resume_after(self, last_seq: int) -> None:
+        """Take the target's last durable sequence as acknowledged, and resend what follows."""
+        if last_seq < self.stats.acked_seq:
+            # The target lost sequences it had acknowledged (its journal was rolled back or
+            # replaced): what it lacks is no longer held here.
+            log.error(
+                "%s -> %s: target is back at sequence %d after acknowledging %d; "
+                "a full sync is needed",
+                self.vpg.name, self.target.server_name, last_seq, self.stats.acked_seq,
+            )  # fmt: skip
+        self._acknowledge(last_seq)
+        # What was sent after last_seq is sent again, with the same numbers.
+        self._sent.clear()
+        self._next_index = self.acked_index
+        self._next_seq = last_seq + 1
+
+    async def _read_acks(self, stream: FrameStream) -> None:
+        while True:
+            received = await stream.next()
+            if received.type is ReplFrame.ACK:
+                self._acknowledge(parse_ack(received.payload))
+            elif received.type is ReplFrame.ERROR:
+                error = parse_json(received.payload).get("error")
+                raise ReplicationProtocolError(f"target refused: {error}")
+            else:
+                raise ReplicationProtocolError(f"unexpected {received.type.name} frame")
+
+    def _acknowledge(self, seq: int) -> None:
+        progressed = False
+        while self._sent and self._sent[0][0] <= seq:
+            _, index = self._sent.popleft()
+            self.acked_index = index + 1
+            progressed = True
+        self.stats.acked_seq = max(self.stats.acked_seq, seq)
+        if progressed:
+            self.vpg.link_progressed()
+
+    async def _send_loop(self, writer: asyncio.StreamWriter, acks: asyncio.Task[None]) -> None:
+        codec = BatchCodec()
+        cache = BlockCache(DEDUP_CACHE_BYTES)
+        while not acks.done():
+            if self._next_index >= self.vpg.end:
+                self._wakeup.clear()
+                waiter = asyncio.create_task(self._wakeup.wait())
+                await asyncio.wait({waiter, acks}, return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+                continue
+            entries = self._next_batch(cache)
+            frame, raw_size = codec.batch_frame(entries, self.vpg.config.compression)
+            self.stats.bytes_deduplicated += raw_size
+            self.stats.bytes_on_wire += len(frame)
+            writer.write(frame)
+            await writer.drain()
+            await self._throttle(len(frame))
+        acks.result()  # raise what ended the acknowledgements
+
+    def _next_batch(self, cache: BlockCache) -> list[Entry]:
+        entries: list[Entry] = []
+        size = 0
+        while self._next_index < self.vpg.end and size < BATCH_BYTES:
+            item = self.vpg.item(self._next_index)
+            entry = self._entry(item, self._next_seq, cache)
+            entries.append(entry)
+            self._sent.append((self._next_seq, self._next_index))
+            self._next_index += 1
+            self._next_seq += 1
+            size += len(entry.body)
+            if item.kind is EntryKind.CHECKPOINT:
+                break  # a checkpoint goes out at once: it is what the target waits for
+        return entries
+
+    def _entry(self, item: Item, seq: int, cache: BlockCache) -> Entry:
+        if item.kind is not EntryKind.WRITE:
+            return Entry(item.kind, seq, item.disk, item.offset, item.length, item.data)
+        data = item.data
+        self.stats.bytes_in += len(data)
+        if data.count(0) == len(data):
+            return Entry(EntryKind.ZERO, seq, item.disk, item.offset, len(data))
+        if len(data) >= MIN_DEDUP_BYTES:
+            digest = block_hash(data)
+            if cache.get(digest) is not None:
+                return Entry(EntryKind.REF, seq, item.disk, item.offset, len(data), digest)
+            cache.put(digest, data)
+        return Entry(EntryKind.WRITE, seq, item.disk, item.offset, len(data), data)
+
+    async def _throttle(self, nbytes: int) -> None:
+        limit = self.vpg.config.bandwidth_limit
+        if not limit:
+            return
+        now = time.monotonic()
+        self._send_at = max(self._send_at, now) + nbytes / limit
+        if self._send_at > now:
+            await asyncio.sleep(self._send_at - now)
+
+
+class SourceRouter:
+    """The receiver's consumer in the source role: sends each tap's copies to their VPG."""
+
+    def __init__(self) -> None:
+        self._disks: dict[str, tuple[VpgSource, int]] = {}
+        self._sessions: set[SourceTapSession] = set()
+
+    def add(self, vpg: VpgSource) -> None:
+        for disk in vpg.config.disks:
+            self._disks[disk.export] = (vpg, disk.disk)
+
+    def locate(self, export: str) -> tuple[VpgSource, int] | None:
+        return self._disks.get(export)
+
+    def open_session(
+        self, peer: str, acknowledge: Callable[[int], None], flow: TapFlow
+    ) -> SourceTapSession:
+        session = SourceTapSession(self, peer, acknowledge, flow)
+        self._sessions.add(session)
+        return session
+
+    def session_closed(self, session: SourceTapSession) -> None:
+        self._sessions.discard(session)
+
+    def progress(self) -> None:
+        for session in list(self._sessions):
+            session.advance()
+
+
+class SourceTapSession(CopySession):
+    def __init__(
+        self,
+        router: SourceRouter,
+        peer: str,
+        acknowledge: Callable[[int], None],
+        flow: TapFlow,
+    ) -> None:
+        self._router = router
+        self._peer = peer
+        self._acknowledge = acknowledge
+        self._flow = flow
+        self._exports: dict[int, tuple[VpgSource, int] | None] = {}
+        # Tap frames in order, with the item each became (None: nothing to wait for).
+        self._pending: deque[tuple[int, Item | None]] = deque()
+
+    def take(self, frame: Frame) -> None:
+        item: Item | None = None
+        if frame.type is FrameType.EXPORT:
+            name = frame.payload.decode()
+            place = self._router.locate(name)
+            self._exports[frame.export] = place
+            if place is not None:
+                vpg, disk = place
+                vpg.set_resyncing(disk, bool(frame.flags & FrameFlag.DIRTY))
+            else:
+                log.info("tap %s: export %s is in no protection group", self._peer, name)
+        else:
+            place = self._exports.get(frame.export)
+            if frame.export not in self._exports:
+                raise ValueError(f"{frame.type.name} for undeclared export {frame.export}")
+            if place is not None:
+                item = self._item(frame, *place)
+        self._pending.append((frame.seq, item))
+
+    def _item(self, frame: Frame, vpg: VpgSource, disk: int) -> Item | None:
+        if frame.type is FrameType.RESYNC_START:
+            vpg.set_resyncing(disk, True)
+            return None
+        if frame.type is FrameType.RESYNC_DONE:
+            vpg.set_resyncing(disk, False)
+            return None
+        if frame.type is FrameType.WRITE:
+            item = Item(EntryKind.WRITE, disk, frame.offset, len(frame.payload), frame.payload)
+        elif frame.type is FrameType.ZERO:
+            item = Item(EntryKind.ZERO, disk, frame.offset, frame.length)
+        else:
+            return None
+        vpg.intake(item, self._flow)
+        return item
+
+    def batch_done(self) -> None:
+        self.advance()
+
+    def advance(self) -> None:
+        pending = self._pending
+        last = 0
+        while pending and (pending[0][1] is None or pending[0][1].done):
+            last = pending.popleft()[0]
+        if last:
+            self._acknowledge(last)
+
+    def close(self) -> None:
+        # Until this tap is back and says its exports are clean (or resynced), the copies of
+        # its disks may lack writes it completed: no checkpoint may claim them.
+        for place in self._exports.values():
+            if place is not None:
+                place[0].set_resyncing(place[1], True)
+        self._router.session_closed(self)

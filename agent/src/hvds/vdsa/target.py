@@ -1,0 +1,164 @@
+"""The VDSA's target role: takes a VPG's stream from its source VDSA into the journal.
+
+One source connection per VPG at a time (a new one replaces a stale one). Each batch is written
+to the journal and committed (fsynced) before it is acknowledged; a checkpoint entry makes the
+journal bring the mirrors to that checkpoint. Journal work runs in a worker thread, one batch at
+a time per VPG, so one VPG's fsync does not hold up the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hvds.journal import DiskSpec, Journal, JournalFull, JournalWrite, JournalZero
+from hvds.replication.dedup import MIN_DEDUP_BYTES, BlockCache, block_hash
+from hvds.replication.stream import FrameStream
+from hvds.replication.wire import (
+    BatchCodec,
+    Entry,
+    EntryKind,
+    FrameType,
+    ReplicationProtocolError,
+    ack_frame,
+    json_frame,
+    parse_json,
+)
+from hvds.vdsa.config import TargetVpg
+
+log = logging.getLogger(__name__)
+
+# A source may ask for a smaller dedup cache than this, never a larger one.
+MAX_DEDUP_CACHE_BYTES = 256 * 1024 * 1024
+
+
+@dataclass(eq=False)
+class TargetVpgState:
+    config: TargetVpg
+    journal: Journal
+    session: asyncio.Task[None] | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+def open_journal(config: TargetVpg, journal_dir: Path) -> Journal:
+    disks = [DiskSpec(d.disk, d.name, d.size, d.mirror) for d in config.disks]
+    for disk in disks:
+        disk.mirror.parent.mkdir(parents=True, exist_ok=True)
+    directory = journal_dir / config.name
+    directory.mkdir(parents=True, exist_ok=True)
+    return Journal(
+        directory,
+        disks,
+        retention_seconds=config.retention_hours * 3600,
+        size_limit_bytes=config.journal_size_limit,
+    )
+
+
+class TargetServer:
+    def __init__(self, vpgs: dict[str, TargetVpgState]) -> None:
+        self.vpgs = vpgs
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        try:
+            await self._session(reader, writer)
+        except (ReplicationProtocolError, JournalFull, ValueError) as exc:
+            log.error("source %s: %s", peer, exc)
+            with contextlib.suppress(Exception):
+                writer.write(json_frame(FrameType.ERROR, {"error": str(exc)}))
+                await writer.drain()
+        except (OSError, ssl.SSLError, asyncio.IncompleteReadError) as exc:
+            log.warning("source %s: connection lost: %s", peer, exc)
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        stream = FrameStream(reader)
+        hello = await stream.next()
+        if hello.type is not FrameType.HELLO:
+            raise ReplicationProtocolError(f"expected HELLO, got {hello.type.name}")
+        info = parse_json(hello.payload)
+        vpg = self.vpgs.get(str(info.get("vpg")))
+        if vpg is None:
+            raise ReplicationProtocolError(f"no VPG {info.get('vpg')!r} is replicated here")
+        current = asyncio.current_task()
+        if vpg.session is not None and vpg.session is not current:
+            log.info("%s: a new source connection replaces the previous one", vpg.config.name)
+            vpg.session.cancel()
+        vpg.session = current
+        async with vpg.lock:  # the replaced session finishes its batch first
+            cache_bytes = min(int(info.get("dedup_cache_bytes", 0)), MAX_DEDUP_CACHE_BYTES)
+            applier = BatchApplier(vpg, BlockCache(cache_bytes))
+            writer.write(json_frame(FrameType.WELCOME, {
+                "vpg": vpg.config.name, "last_seq": vpg.journal.last_seq,
+            }))  # fmt: skip
+            log.info(
+                "%s: source %s connected at sequence %d",
+                vpg.config.name,
+                info.get("source"),
+                vpg.journal.last_seq,
+            )
+            codec = BatchCodec()
+            while True:
+                received = await stream.next()
+                if received.type is not FrameType.BATCH:
+                    raise ReplicationProtocolError(f"unexpected {received.type.name} frame")
+                entries = codec.batch_entries(received)
+                last = await asyncio.to_thread(applier.apply, entries)
+                writer.write(ack_frame(last))
+                await writer.drain()
+
+
+class BatchApplier:
+    """Turns a batch's entries into journal records (in a worker thread)."""
+
+    def __init__(self, vpg: TargetVpgState, cache: BlockCache) -> None:
+        self._journal = vpg.journal
+        self._disk_sizes = {d.disk: d.size for d in vpg.config.disks}
+        self._cache = cache
+
+    def apply(self, entries: list[Entry]) -> int:
+        journal = self._journal
+        records: list[JournalWrite | JournalZero] = []
+        for entry in entries:
+            if entry.kind is EntryKind.CHECKPOINT:
+                journal.append(records)
+                records = []
+                info = entry.checkpoint_info()
+                journal.checkpoint(
+                    tag=str(info.get("tag", "")),
+                    description=str(info.get("description", "")),
+                    time_ns=int(info["time_ns"]),
+                    seq=entry.seq,
+                )
+            else:
+                records.append(self._record(entry))
+        journal.append(records)
+        journal.commit()
+        return journal.last_seq
+
+    def _record(self, entry: Entry) -> JournalWrite | JournalZero:
+        size = self._disk_sizes.get(entry.disk)
+        if size is None:
+            raise ReplicationProtocolError(f"entry for unknown disk {entry.disk} (seq {entry.seq})")
+        if entry.offset + entry.length > size:
+            raise ReplicationProtocolError(f"entry beyond the end of disk {entry.disk}")
+        if entry.kind is EntryKind.ZERO:
+            return JournalZero(entry.seq, entry.disk, entry.offset, entry.length)
+        if entry.kind is EntryKind.REF:
+            data = self._cache.get(entry.body)
+            if data is None:
+                raise ReplicationProtocolError(f"reference to a block not held (seq {entry.seq})")
+            if len(data) != entry.length:
+                raise ReplicationProtocolError(f"reference of the wrong length (seq {entry.seq})")
+        else:
+            data = entry.body
+            if len(data) >= MIN_DEDUP_BYTES:
+                self._cache.put(block_hash(data), data)
+        return JournalWrite(entry.seq, entry.disk, entry.offset, data)
