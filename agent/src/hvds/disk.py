@@ -73,6 +73,17 @@ class Disk:
     def flush(self) -> None:
         os.fdatasync(self.fd)
 
+    def next_data(self, offset: int) -> int:
+        """Where the next allocated data starts at or after ``offset`` (the size if none)."""
+        if self.is_block_device:
+            return offset
+        try:
+            return os.lseek(self.fd, offset, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:
+                raise
+            return self.size
+
     def extents(self, offset: int, length: int, limit: int = 256) -> list[tuple[int, int]]:
         """base:allocation extents from ``offset``: (length, flags) pairs, at most ``limit``."""
         end = offset + length

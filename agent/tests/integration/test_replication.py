@@ -133,3 +133,29 @@ def test_fio_through_the_tap_reaches_the_mirror_bit_exact(sites: Sites) -> None:
     assert sha256_file(sites.vdsa_b.mirror("vm1-disk0")) == sha256_file(
         sites.host_a.exports["vm1-disk0"]
     )
+
+
+def test_initial_sync_of_a_mostly_zero_disk_sends_only_its_data(sites: Sites) -> None:
+    size = 4 * 1024 * MiB
+    sites.protect({"vm1-disk0": size})
+    disk = sites.host_a.exports["vm1-disk0"]
+    data = os.urandom(3 * MiB)
+    with disk.open("r+b") as f:  # the VM wrote this before it was protected
+        for offset in (0, 1024 * MiB, size - MiB):
+            f.seek(offset)
+            f.write(data[:MiB])
+            data = data[MiB:]
+    sites.start()
+    sites.host_a.wait_for(
+        lambda: (
+            sites.vdsa_a.status()["sources"]["vpg1"]["consistent"]
+            and sites.host_a.metric("hvds_tap_dirty_bytes", "vm1-disk0") == 0
+        ),
+        timeout=120,
+        what="the initial sync",
+    )
+    sites.tagged_checkpoint("synced")
+    assert sha256_file(sites.vdsa_b.mirror("vm1-disk0")) == sha256_file(disk)
+    link = sites.vdsa_a.status()["sources"]["vpg1"]["targets"]["vdsa-b1"]
+    print(f"initial sync of a 4 GiB disk holding 3 MiB: {link['bytes_on_wire']} bytes on the wire")
+    assert 3 * MiB < link["bytes_on_wire"] < 3 * MiB + 256 * 1024

@@ -15,6 +15,10 @@ from hvds.nbd.constants import AllocationFlag
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
+# Undo capture reads the mirror this much at a time.
+_CAPTURE_CHUNK = 4 * 1024 * 1024
+
+
 class Mirrors:
     def __init__(self, disks: Sequence[DiskSpec]) -> None:
         self.specs: dict[int, DiskSpec] = {}
@@ -52,24 +56,38 @@ class Mirrors:
         """The current content of whole blocks, as (offset, length, data) runs.
 
         Runs of all-zero blocks come as data None: their undo costs a header, not the blocks,
-        which matters for sparse mirrors where most first writes land on zeroes.
+        which matters for sparse mirrors where most first writes land on zeroes. The range is
+        read a chunk at a time (memory stays bounded whatever ``count`` is) and chunks that are
+        holes in a sparse mirror are not read at all.
         """
         size = self.specs[disk].size
         start = first_block * block_size
         end = min(start + count * block_size, size)
-        data = self._disks[disk].read(start, end - start)
-        run_start, run_zero = 0, False
-        pos = 0
-        while pos < len(data):
-            stop = min(pos + block_size, len(data))
-            zero = data.count(0, pos, stop) == stop - pos
-            if pos > run_start and zero != run_zero:
-                yield start + run_start, pos - run_start, None if run_zero else data[run_start:pos]
-                run_start = pos
-            run_zero = zero
-            pos = stop
-        if pos > run_start:
-            yield start + run_start, pos - run_start, None if run_zero else data[run_start:pos]
+        chunk = block_size * max(1, _CAPTURE_CHUNK // block_size)
+        zeroes_from: int | None = None  # start of the current run of zero blocks
+        for pos in range(start, end, chunk):
+            stop = min(pos + chunk, end)
+            if self.data_bytes(disk, pos, stop - pos) == 0:
+                zeroes_from = pos if zeroes_from is None else zeroes_from
+                continue
+            data = self._disks[disk].read(pos, stop - pos)
+            data_from: int | None = None  # start, within data, of the current data run
+            for offset in range(0, len(data), block_size):
+                block_end = min(offset + block_size, len(data))
+                if data.count(0, offset, block_end) == block_end - offset:
+                    if data_from is not None:
+                        yield pos + data_from, offset - data_from, data[data_from:offset]
+                        data_from = None
+                    zeroes_from = pos + offset if zeroes_from is None else zeroes_from
+                    continue
+                if zeroes_from is not None:
+                    yield zeroes_from, pos + offset - zeroes_from, None
+                    zeroes_from = None
+                data_from = offset if data_from is None else data_from
+            if data_from is not None:
+                yield pos + data_from, len(data) - data_from, data[data_from:]
+        if zeroes_from is not None:
+            yield zeroes_from, end - zeroes_from, None
 
     def data_bytes(self, disk: int, offset: int, length: int) -> int:
         """Bytes of ``[offset, offset+length)`` that are not holes (all of it on a device)."""

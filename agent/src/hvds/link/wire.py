@@ -33,6 +33,7 @@ class FrameType(IntEnum):
     RESYNC_START = 5  # tap -> VDSA, export's copies are out of order until RESYNC_DONE
     RESYNC_DONE = 6  # tap -> VDSA, every dirty block of the export has been sent again
     ACK = 7  # VDSA -> tap, seq: highest sequence taken over
+    FULL_SYNC = 8  # VDSA -> tap, export: send every block again (a target starts empty)
 
 
 class FrameFlag(IntFlag):

@@ -130,8 +130,19 @@ class VdsaLink(asyncio.Protocol):
         for frame in frames:
             if frame.type is FrameType.ACK:
                 self._acknowledge(frame.seq)
+            elif frame.type is FrameType.FULL_SYNC:
+                self._full_sync(frame.export)
             else:
                 log.warning("ignoring unexpected %s frame from the VDSA", frame.type.name)
+
+    def _full_sync(self, export_id: int) -> None:
+        export = next((e for e in self._exports if e.id == export_id), None)
+        if export is None:
+            log.warning("full sync asked for unknown export %d", export_id)
+            return
+        log.info("full sync of %s asked by the VDSA", export.name)
+        export.tracker.copy_lost(range(export.tracker.bitmap.blocks))
+        self._resync_wanted.set()
 
     def pause_writing(self) -> None:
         self._room.clear()
@@ -237,36 +248,67 @@ class VdsaLink(asyncio.Protocol):
 
     async def _resync(self, export: TapExport) -> None:
         tracker = export.tracker
+        disk = export.disk
         block_size = tracker.block_size
         log.info("resync of %s: %d dirty blocks", export.name, tracker.lost_blocks)
         self._send(FrameType.RESYNC_START, export.id)
         self.flush()
         sent = 0
+        data_from = 0  # blocks before the next data extent of a sparse image are holes
+        zeroes: range | None = None  # a run of zero blocks, sent as one ZERO frame
         for block in tracker.lost():
-            while self._transport is not None and not self._has_room():
-                self._room.clear()
-                # resume_writing only follows a pause_writing; a queue that stays between the
-                # low and high marks never triggers either, so look again now and then.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._room.wait(), _ROOM_POLL_SECONDS)
+            if not self._has_room() or sent % 64 == 63:
+                # Before any wait: the VM's writes may come in during it, and must follow
+                # (not precede) the copies of the blocks already taken for resync.
+                self._send_zeroes(export, zeroes)
+                zeroes = None
+                self.flush()
+                await self._wait_for_room()
             if self._transport is None or export.removed:
                 return
             offset = block * block_size
-            data = export.disk.read(offset, min(block_size, export.disk.size - offset))
+            if offset >= data_from:
+                data_from = disk.next_data(offset)
+            data = None
+            if offset + block_size > data_from:
+                data = disk.read(offset, min(block_size, disk.size - offset))
             tracker.take_for_resync(block)
+            sent += 1
+            if data is None or data.count(0) == len(data):
+                if zeroes is not None and zeroes.stop == block:
+                    zeroes = range(zeroes.start, block + 1)
+                else:
+                    self._send_zeroes(export, zeroes)
+                    zeroes = range(block, block + 1)
+                continue
             seq = self._send(
                 FrameType.WRITE, export.id, offset, payload=data, flags=FrameFlag.RESYNC
             )
             self._in_flight.append((seq, export, range(block, block + 1)))
             export.stats.resync_bytes += len(data)
-            self.flush()
-            sent += 1
-            if sent % 64 == 0:
-                await asyncio.sleep(0)  # let the VMs' requests in between resync reads
+        self._send_zeroes(export, zeroes)
         if self._transport is not None and not tracker.has_lost():
             self._send(FrameType.RESYNC_DONE, export.id)
-            self.flush()
             log.info("resync of %s: sent %d blocks", export.name, sent)
+        self.flush()
+
+    def _send_zeroes(self, export: TapExport, blocks: range | None) -> None:
+        if blocks is None or self._transport is None:
+            return
+        block_size = export.tracker.block_size
+        start = blocks.start * block_size
+        end = min(blocks.stop * block_size, export.disk.size)
+        seq = self._send(FrameType.ZERO, export.id, start, end - start)
+        self._in_flight.append((seq, export, blocks))
+
+    async def _wait_for_room(self) -> None:
+        await asyncio.sleep(0)  # let the VMs' requests in between resync reads
+        while self._transport is not None and not self._has_room():
+            self._room.clear()
+            # resume_writing only follows a pause_writing; a queue that stays between the
+            # low and high marks never triggers either, so look again now and then.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._room.wait(), _ROOM_POLL_SECONDS)
 
     def _has_room(self) -> bool:
         return self._transport is not None and self._buffered_bytes() < self._limit // 2

@@ -10,14 +10,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 from urllib.parse import quote
 
 from hvds.disk import Disk
 from hvds.link.wire import Frame, FrameFlag, FrameType, LinkProtocolError
-from hvds.vdsa.receiver import CopySession, TapFlow
+from hvds.vdsa.receiver import CopySession, Tap
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +27,9 @@ class ImageSink:
         directory.mkdir(parents=True, exist_ok=True)
         self._record: IO[str] | None = record.open("a", buffering=1 << 20) if record else None
 
-    def open_session(
-        self, peer: str, acknowledge: Callable[[int], None], flow: TapFlow
-    ) -> ImageSinkSession:
+    def open_session(self, peer: str, tap: Tap) -> ImageSinkSession:
         log.info("tap %s connected", peer)
-        return ImageSinkSession(self, peer, acknowledge)
+        return ImageSinkSession(self, peer, tap)
 
     def image_path(self, export_name: str) -> Path:
         return self.directory / f"{quote(export_name, safe='')}.img"
@@ -57,10 +54,10 @@ class ImageSink:
 
 
 class ImageSinkSession(CopySession):
-    def __init__(self, sink: ImageSink, peer: str, acknowledge: Callable[[int], None]) -> None:
+    def __init__(self, sink: ImageSink, peer: str, tap: Tap) -> None:
         self._sink = sink
         self._peer = peer
-        self._acknowledge = acknowledge
+        self._tap = tap
         self._last_seq = 0
         self._disks: dict[int, tuple[str, Disk]] = {}
 
@@ -98,7 +95,7 @@ class ImageSinkSession(CopySession):
 
     def batch_done(self) -> None:
         self._sink.flush_record()
-        self._acknowledge(self._last_seq)  # applied to the replica images
+        self._tap.acknowledge(self._last_seq)  # applied to the replica images
 
     def close(self) -> None:
         self._sink.flush_record()

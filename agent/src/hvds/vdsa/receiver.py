@@ -1,9 +1,9 @@
 """The VDSA's I/O receiver: takes the write copies of every tap on the host over a unix socket.
 
 Each tap connection is decoded into frames and handed, in order, to a session of a consumer. The
-session says when the tap may forget a copy (``acknowledge``: the sink once it applied it, the
-replication source once every target made it durable) and may stop the reading while it is full
-(``TapFlow``), which makes the tap keep further writes in its dirty bitmap.
+session says when the tap may forget a copy (``Tap.acknowledge``: the sink once it applied it, the
+replication source once every target made it durable), may stop the reading while it is full
+(the tap then keeps further writes in its dirty bitmap), and may ask for a full sync.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol, cast
 
@@ -20,7 +19,13 @@ from hvds.link.wire import Frame, FrameDecoder, FrameType, LinkProtocolError, en
 log = logging.getLogger(__name__)
 
 
-class TapFlow(Protocol):
+class Tap(Protocol):
+    """What a session may ask of the tap it serves."""
+
+    def acknowledge(self, seq: int) -> None: ...
+
+    def request_full_sync(self, export: int) -> None: ...
+
     def pause_reading(self) -> None: ...
 
     def resume_reading(self) -> None: ...
@@ -37,9 +42,7 @@ class CopySession(Protocol):
 class CopyConsumer(Protocol):
     """What the receiver hands frames to: the image sink, or the replication source."""
 
-    def open_session(
-        self, peer: str, acknowledge: Callable[[int], None], flow: TapFlow
-    ) -> CopySession: ...
+    def open_session(self, peer: str, tap: Tap) -> CopySession: ...
 
 
 class TapConnection(asyncio.Protocol):
@@ -74,6 +77,19 @@ class TapConnection(asyncio.Protocol):
             self._acknowledged = seq
             self._transport.write(encode_header(FrameType.ACK, seq))
 
+    def request_full_sync(self, export: int) -> None:
+        """Ask the tap to send every block of ``export`` again (a target starts empty)."""
+        if self._transport is not None:
+            self._transport.write(encode_header(FrameType.FULL_SYNC, 0, export))
+
+    def pause_reading(self) -> None:
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._transport is not None:
+            self._transport.resume_reading()
+
     def _take(self, frame: Frame) -> None:
         if frame.seq != self._expected_seq:
             raise LinkProtocolError(f"sequence {frame.seq} where {self._expected_seq} was due")
@@ -83,7 +99,7 @@ class TapConnection(asyncio.Protocol):
                 raise LinkProtocolError("second HELLO on one connection")
             assert self._transport is not None
             peer = frame.payload.decode(errors="replace")
-            self._session = self._consumer.open_session(peer, self.acknowledge, self._transport)
+            self._session = self._consumer.open_session(peer, self)
             return
         if self._session is None:
             raise LinkProtocolError(f"{frame.type.name} before HELLO")

@@ -48,7 +48,7 @@ class VdsaService:
             tls = client_context(config.tls)
             router = self.router = SourceRouter()
             for vpg in config.source_vpg:
-                source = VpgSource(vpg, tls, settings.id, router.progress)
+                source = VpgSource(vpg, tls, settings.id, router)
                 router.add(source)
                 self.sources.append(source)
                 source.start()

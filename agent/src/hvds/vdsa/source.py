@@ -25,7 +25,6 @@ import logging
 import ssl
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from hvds.link.wire import Frame, FrameFlag, FrameType
@@ -42,7 +41,7 @@ from hvds.replication.wire import (
 )
 from hvds.replication.wire import FrameType as ReplFrame
 from hvds.vdsa.config import SourceVpg, TargetAddress
-from hvds.vdsa.receiver import CopySession, TapFlow
+from hvds.vdsa.receiver import CopySession, Tap
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +74,7 @@ class LinkStats:
 
 class VpgSource:
     def __init__(
-        self, config: SourceVpg, tls: ssl.SSLContext, vdsa_id: str, on_progress: Callable[[], None]
+        self, config: SourceVpg, tls: ssl.SSLContext, vdsa_id: str, router: SourceRouter
     ) -> None:
         self.config = config
         self.name = config.name
@@ -83,8 +82,10 @@ class VpgSource:
         self._base = 0  # absolute index of _items[0]
         self._held_bytes = 0
         self._resyncing: set[int] = set()
-        self._on_progress = on_progress
-        self._flows: set[TapFlow] = set()
+        self._router = router
+        # Disks whose tap must send every block again, once it is connected.
+        self.full_sync_wanted: set[int] = set()
+        self._flows: set[Tap] = set()
         self._paused = False
         self.checkpoints_taken = 0
         self.links = [TargetLink(self, target, tls, vdsa_id) for target in config.targets]
@@ -115,7 +116,7 @@ class VpgSource:
     def item(self, index: int) -> Item:
         return self._items[index - self._base]
 
-    def intake(self, item: Item, flow: TapFlow | None = None) -> None:
+    def intake(self, item: Item, flow: Tap | None = None) -> None:
         self._items.append(item)
         self._held_bytes += len(item.data)
         if flow is not None:
@@ -174,7 +175,15 @@ class VpgSource:
             for tap in self._flows:
                 tap.resume_reading()
         if released:
-            self._on_progress()
+            self._router.progress()
+
+    def start_full_sync(self) -> None:
+        """A target starts empty: every block of every disk goes to it from the taps."""
+        log.info("%s: full sync of %d disks", self.name, len(self.config.disks))
+        for disk in self.config.disks:
+            self.set_resyncing(disk.disk, True)
+            self.full_sync_wanted.add(disk.disk)
+        self._router.dispatch_full_sync()
 
 
 class TargetLink:
@@ -234,7 +243,10 @@ class TargetLink:
             welcome = await stream.next()
             if welcome.type is not ReplFrame.WELCOME:
                 raise ReplicationProtocolError(f"expected WELCOME, got {welcome.type.name}")
-            self._resume_after(int(parse_json(welcome.payload)["last_seq"]))
+            resume = parse_json(welcome.payload)
+            self._resume_after(int(resume["last_seq"]))
+            if resume.get("fresh"):
+                self.vpg.start_full_sync()
             self.stats.connected = True
             log.info(
                 "%s -> %s: connected, resuming at sequence %d",
@@ -363,10 +375,8 @@ class SourceRouter:
     def locate(self, export: str) -> tuple[VpgSource, int] | None:
         return self._disks.get(export)
 
-    def open_session(
-        self, peer: str, acknowledge: Callable[[int], None], flow: TapFlow
-    ) -> SourceTapSession:
-        session = SourceTapSession(self, peer, acknowledge, flow)
+    def open_session(self, peer: str, tap: Tap) -> SourceTapSession:
+        session = SourceTapSession(self, peer, tap)
         self._sessions.add(session)
         return session
 
@@ -377,19 +387,16 @@ class SourceRouter:
         for session in list(self._sessions):
             session.advance()
 
+    def dispatch_full_sync(self) -> None:
+        for session in list(self._sessions):
+            session.ask_full_sync()
+
 
 class SourceTapSession(CopySession):
-    def __init__(
-        self,
-        router: SourceRouter,
-        peer: str,
-        acknowledge: Callable[[int], None],
-        flow: TapFlow,
-    ) -> None:
+    def __init__(self, router: SourceRouter, peer: str, tap: Tap) -> None:
         self._router = router
         self._peer = peer
-        self._acknowledge = acknowledge
-        self._flow = flow
+        self._tap = tap
         self._exports: dict[int, tuple[VpgSource, int] | None] = {}
         # Tap frames in order, with the item each became (None: nothing to wait for).
         self._pending: deque[tuple[int, Item | None]] = deque()
@@ -402,7 +409,10 @@ class SourceTapSession(CopySession):
             self._exports[frame.export] = place
             if place is not None:
                 vpg, disk = place
-                vpg.set_resyncing(disk, bool(frame.flags & FrameFlag.DIRTY))
+                # A disk waiting for its full sync stays out of order whatever the tap says.
+                dirty = bool(frame.flags & FrameFlag.DIRTY) or disk in vpg.full_sync_wanted
+                vpg.set_resyncing(disk, dirty)
+                self.ask_full_sync()
             else:
                 log.info("tap %s: export %s is in no protection group", self._peer, name)
         else:
@@ -426,11 +436,18 @@ class SourceTapSession(CopySession):
             item = Item(EntryKind.ZERO, disk, frame.offset, frame.length)
         else:
             return None
-        vpg.intake(item, self._flow)
+        vpg.intake(item, self._tap)
         return item
 
     def batch_done(self) -> None:
         self.advance()
+
+    def ask_full_sync(self) -> None:
+        """Ask this tap for a full sync of its disks whose VPG wants one."""
+        for export, place in self._exports.items():
+            if place is not None and place[1] in place[0].full_sync_wanted:
+                place[0].full_sync_wanted.discard(place[1])
+                self._tap.request_full_sync(export)
 
     def advance(self) -> None:
         pending = self._pending
@@ -438,7 +455,7 @@ class SourceTapSession(CopySession):
         while pending and (pending[0][1] is None or pending[0][1].done):
             last = pending.popleft()[0]
         if last:
-            self._acknowledge(last)
+            self._tap.acknowledge(last)
 
     def close(self) -> None:
         # Until this tap is back and says its exports are clean (or resynced), the copies of

@@ -95,8 +95,11 @@ class TargetServer:
         async with vpg.lock:  # the replaced session finishes its batch first
             cache_bytes = min(int(info.get("dedup_cache_bytes", 0)), MAX_DEDUP_CACHE_BYTES)
             applier = BatchApplier(vpg, BlockCache(cache_bytes))
+            journal = vpg.journal
+            # A fresh journal has nothing of the disks yet: the source must send them whole.
+            fresh = journal.last_seq == 0 and journal.latest() is None
             writer.write(json_frame(FrameType.WELCOME, {
-                "vpg": vpg.config.name, "last_seq": vpg.journal.last_seq,
+                "vpg": vpg.config.name, "last_seq": journal.last_seq, "fresh": fresh,
             }))  # fmt: skip
             log.info(
                 "%s: source %s connected at sequence %d",
