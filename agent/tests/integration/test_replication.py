@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -159,3 +160,33 @@ def test_initial_sync_of_a_mostly_zero_disk_sends_only_its_data(sites: Sites) ->
     link = sites.vdsa_a.status()["sources"]["vpg1"]["targets"]["vdsa-b1"]
     print(f"initial sync of a 4 GiB disk holding 3 MiB: {link['bytes_on_wire']} bytes on the wire")
     assert 3 * MiB < link["bytes_on_wire"] < 3 * MiB + 256 * 1024
+
+
+def test_kill_9_of_source_and_target_vdsa_mid_stream_loses_nothing(sites: Sites) -> None:
+    sites.protect({"vm1-disk0": 64 * MiB})
+    sites.start()
+    uri = sites.host_a.uri("vm1-disk0")
+    argv = [
+        "fio", "--name=stream", "--ioengine=nbd", f"--uri={uri}", "--rw=randwrite", "--bs=4k",
+        "--iodepth=8", "--size=64M", "--io_size=40M", "--rate_iops=2500", "--verify=crc32c",
+        "--do_verify=1", "--verify_fatal=1", "--verify_state_save=0",
+    ]  # fmt: skip
+    load = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for vdsa, at in ((sites.vdsa_a, 1.0), (sites.vdsa_b, 1.5)):
+        time.sleep(at)
+        assert vdsa.service is not None
+        vdsa.service.kill()
+        vdsa.start()
+    out = load.communicate(timeout=120)[0]
+    assert load.returncode == 0, out
+    sites.host_a.wait_for(
+        lambda: sites.vdsa_a.status()["sources"]["vpg1"]["consistent"],
+        timeout=60,
+        what="the resync after the kills",
+    )
+    sites.tagged_checkpoint("after-kills")
+    assert sha256_file(sites.vdsa_b.mirror("vm1-disk0")) == sha256_file(
+        sites.host_a.exports["vm1-disk0"]
+    )
+    target_log = (sites.vdsa_b.root / "vdsa.log").read_text()
+    assert "ERROR" not in target_log, target_log[-3000:]
