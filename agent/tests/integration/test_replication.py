@@ -5,6 +5,7 @@ Each test checks the target's mirror by the hash of the whole disk at a checkpoi
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -16,11 +17,14 @@ import pytest
 from harness import Lab, Vdsa, sha256_file
 from pki import TestCa
 
+from hvds.vdsa.config import TargetVpg
+from hvds.vdsa.target import open_journal
+
 MiB = 1024 * 1024
 
 
 class Sites:
-    """Site A: one host with a tap and a VDSA. Site B: one host with a VDSA."""
+    """Site A: one host with a tap and a VDSA. Sites B and C: one host with a VDSA each."""
 
     def __init__(self, root: Path) -> None:
         ca = TestCa(root / "pki")
@@ -28,20 +32,24 @@ class Sites:
         self.host_a.root.mkdir()
         self.vdsa_a = Vdsa(root / "a" / "vdsa", "vdsa-a1", ca.issue("vdsa-a1"))
         self.vdsa_b = Vdsa(root / "b" / "vdsa", "vdsa-b1", ca.issue("vdsa-b1"))
+        self.vdsa_c = Vdsa(root / "c" / "vdsa", "vdsa-c1", ca.issue("vdsa-c1"))
+        self.targets = [self.vdsa_b]
         self.ca = ca
 
-    def protect(self, disks: dict[str, int], **options: object) -> None:
-        """Disks (name -> size) of site A's host, protected as VPG "vpg1" to site B."""
+    def protect(self, disks: dict[str, int], fan_out: bool = False, **options: object) -> None:
+        """Disks (name -> size) of site A's host, protected as VPG "vpg1" to site B (and C)."""
         for name, size in disks.items():
             self.host_a.add_disk(name, size)
         ids = {name: n for n, name in enumerate(disks, start=1)}
-        self.vdsa_b.replicate_here(
-            "vpg1", {ids[name]: (name, size) for name, size in disks.items()}
-        )
-        self.vdsa_a.protect("vpg1", ids, [self.vdsa_b], **options)
+        if fan_out:
+            self.targets.append(self.vdsa_c)
+        for target in self.targets:
+            target.replicate_here("vpg1", {ids[n]: (n, size) for n, size in disks.items()})
+        self.vdsa_a.protect("vpg1", ids, self.targets, **options)
 
     def start(self) -> None:
-        self.vdsa_b.start()
+        for target in self.targets:
+            target.start()
         self.vdsa_a.start()
         self.host_a.start_tap(vdsa_socket=str(self.vdsa_a.tap_socket))
 
@@ -50,13 +58,13 @@ class Sites:
         assert isinstance(status, dict)
         return status
 
-    def checkpoint_tagged(self, tag: str) -> dict[str, object] | None:
-        listing = self.vdsa_b.control(op="checkpoints", vpg="vpg1")["checkpoints"]
+    def checkpoint_tagged(self, tag: str, target: Vdsa | None = None) -> dict[str, object] | None:
+        listing = (target or self.vdsa_b).control(op="checkpoints", vpg="vpg1")["checkpoints"]
         return next((c for c in listing if c["tag"] == tag), None)
 
     def wait_for_checkpoint(self, tag: str, timeout: float = 30) -> dict[str, object]:
         self.host_a.wait_for(
-            lambda: self.checkpoint_tagged(tag) is not None,
+            lambda: all(self.checkpoint_tagged(tag, t) is not None for t in self.targets),
             timeout=timeout,
             what=f"checkpoint {tag} at the target",
         )
@@ -79,6 +87,7 @@ class Sites:
         self.host_a.stop()
         self.vdsa_a.stop()
         self.vdsa_b.stop()
+        self.vdsa_c.stop()
 
 
 @pytest.fixture
@@ -190,3 +199,68 @@ def test_kill_9_of_source_and_target_vdsa_mid_stream_loses_nothing(sites: Sites)
     )
     target_log = (sites.vdsa_b.root / "vdsa.log").read_text()
     assert "ERROR" not in target_log, target_log[-3000:]
+
+
+# Writes i = 0, 1, 2, ... alternate between the two disks, each waiting for the previous one to
+# complete (as dependent writes of a database and its log would), each block stamped with i.
+STAMPED_WRITER = """
+import os, sys, time, nbd
+handles = []
+for uri in sys.argv[1:3]:
+    h = nbd.NBD()
+    h.connect_uri(uri)
+    handles.append(h)
+count = int(sys.argv[3])
+for i in range(count):
+    stamp = b"hvds-seq=%08d\\n" % i
+    handles[i % 2].pwrite(stamp.ljust(4096, b"."), (i // 2) * 4096)
+    if i % 50 == 49:
+        time.sleep(0.01)  # spread the writes over many checkpoints
+"""
+
+
+def stamps(data: bytes) -> set[int]:
+    found = set()
+    for offset in range(0, len(data), 4096):
+        if data.startswith(b"hvds-seq=", offset):
+            found.add(int(data[offset + 9 : offset + 17]))
+    return found
+
+
+def test_every_checkpoint_is_a_prefix_of_the_write_order_on_both_targets(
+    sites: Sites, tmp_path: Path
+) -> None:
+    count = 3000
+    sites.protect({"db-disk": 8 * MiB, "log-disk": 8 * MiB}, fan_out=True,
+                  checkpoint_interval=0.1)  # fmt: skip
+    sites.start()
+    writer = tmp_path / "writer.py"
+    writer.write_text(STAMPED_WRITER)
+    uris = [sites.host_a.uri(name) for name in ("db-disk", "log-disk")]
+    subprocess.run(["/usr/bin/python3", str(writer), *uris, str(count)], check=True, timeout=120)
+    sites.tagged_checkpoint("end")
+    for target in sites.targets:
+        target.stop()
+
+    for target in sites.targets:
+        config = TargetVpg.model_validate(target.target_vpgs[0])
+        with open_journal(config, target.root / "journal") as journal:
+            checkpoints = journal.checkpoints()
+            seen = []
+            contents = {}
+            for checkpoint in checkpoints:
+                disks = [journal.read_at(checkpoint.id, d, 0, 8 * MiB) for d in (1, 2)]
+                found = stamps(disks[0]) | stamps(disks[1])
+                assert found == set(range(len(found))), (
+                    f"{target.name}: checkpoint {checkpoint.id} is not a prefix of the writes"
+                )
+                seen.append(len(found))
+                contents[checkpoint.id] = [hashlib.sha256(d).hexdigest() for d in disks]
+            assert seen[-1] == count
+            assert len(set(seen)) >= 5, f"too few distinct cuts to prove anything: {seen}"
+
+            # Roll the mirrors back to a checkpoint in the middle: exactly its content.
+            middle = checkpoints[len(checkpoints) // 2]
+            journal.rollback(middle.id)
+            mirrors = [sha256_file(target.mirror(name)) for name in ("db-disk", "log-disk")]
+            assert mirrors == contents[middle.id]
