@@ -10,11 +10,13 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import tomli_w
+from prometheus_client.parser import text_string_to_metric_families
 
 BIN = Path(shutil.which("hvds-tap") or "hvds-tap").parent
 
@@ -54,6 +56,18 @@ def sha256_file(path: Path) -> str:
                 digest.update(chunk)
                 pos += len(chunk)
     return digest.hexdigest()
+
+
+def scrape(port: int, name: str, **labels: str) -> float:
+    """The sample ``name{labels}`` of the Prometheus endpoint on a loopback port."""
+    url = f"http://127.0.0.1:{port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    raise KeyError(f"{name}{labels}")
 
 
 def make_image(path: Path, size: int) -> Path:
@@ -185,17 +199,8 @@ class Lab:
 
     def metric(self, name: str, export: str | None = None, op: str | None = None) -> float:
         """One sample of the tap's Prometheus endpoint."""
-        import urllib.request  # noqa: PLC0415
-
-        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as response:
-            text = response.read().decode()
-        labels = [f'{key}="{value}"' for key, value in (("export", export), ("op", op)) if value]
-        selector = f"{name}{{{','.join(labels)}}}" if labels else name
-        for line in text.splitlines():
-            if line.startswith(selector + " "):
-                return float(line.split()[-1])
-        raise KeyError(selector)
+        labels = {key: value for key, value in (("export", export), ("op", op)) if value}
+        return scrape(self.metrics_port, name, **labels)
 
     def wait_for(self, predicate: object, timeout: float = 20, what: str = "condition") -> None:
         assert callable(predicate)
@@ -221,6 +226,7 @@ class Vdsa:
     name: str
     tls: Any  # pki.TlsFiles
     listen_port: int = field(default_factory=free_port)
+    metrics_port: int = field(default_factory=free_port)
     source_vpgs: list[dict[str, Any]] = field(default_factory=list)
     target_vpgs: list[dict[str, Any]] = field(default_factory=list)
     service: Service | None = None
@@ -267,6 +273,7 @@ class Vdsa:
             "id": self.name,
             "tap_socket": str(self.tap_socket),
             "control_socket": str(self.control_socket),
+            "metrics": f"127.0.0.1:{self.metrics_port}",
         }
         if self.target_vpgs:
             settings["listen"] = self.address
@@ -293,6 +300,9 @@ class Vdsa:
 
     def status(self) -> dict[str, Any]:
         return self.control(op="status")
+
+    def metric(self, name: str, **labels: str) -> float:
+        return scrape(self.metrics_port, name, **labels)
 
     def stop(self) -> None:
         if self.service is not None and self.service.proc and self.service.proc.poll() is None:

@@ -121,6 +121,15 @@ def test_fio_through_the_tap_reaches_the_mirror_bit_exact(sites: Sites) -> None:
     source = sha256_file(sites.host_a.exports["vm1-disk0"])
     assert sha256_file(sites.vdsa_b.mirror("vm1-disk0")) == source
 
+    link = {"vpg": "vpg1", "target": "vdsa-b1"}
+    assert sites.vdsa_a.metric("hvds_vdsa_rpo_seconds", **link) < 5
+    assert sites.vdsa_a.metric("hvds_vdsa_link_up", **link) == 1
+    assert sites.vdsa_a.metric("hvds_vdsa_written_bytes_total", **link) >= 48 * MiB
+    assert sites.vdsa_a.metric("hvds_vdsa_vpg_consistent", vpg="vpg1") == 1
+    assert sites.vdsa_b.metric("hvds_vdsa_journal_checkpoints", vpg="vpg1") >= 1
+    journal_bytes = sites.vdsa_b.metric("hvds_vdsa_journal_bytes", vpg="vpg1")
+    assert 0 < journal_bytes <= sites.vdsa_b.metric("hvds_vdsa_journal_limit_bytes", vpg="vpg1")
+
     # Dedup and zero elision: the same random 1 MiB written four times, then 4 MiB of zeroes,
     # cost about one MiB on the wire (random data does not compress: this is dedup at work).
     link = lambda: sites.vdsa_a.status()["sources"]["vpg1"]["targets"]["vdsa-b1"]  # noqa: E731

@@ -6,9 +6,12 @@ import asyncio
 import logging
 from typing import Any
 
+from prometheus_client import REGISTRY, start_http_server
+
 from hvds.tls import client_context, server_context
 from hvds.vdsa.config import VdsaConfig
 from hvds.vdsa.control import serve_control
+from hvds.vdsa.metrics import VdsaCollector
 from hvds.vdsa.receiver import serve_taps
 from hvds.vdsa.source import SourceRouter, VpgSource
 from hvds.vdsa.target import TargetServer, TargetVpgState, open_journal
@@ -32,7 +35,7 @@ class VdsaService:
             assert settings.journal_dir is not None
             for replica in config.target_vpg:
                 journal = await asyncio.to_thread(open_journal, replica, settings.journal_dir)
-                self.targets[replica.name] = TargetVpgState(replica, journal)
+                self.targets[replica.name] = TargetVpgState(replica, journal, usage=journal.usage())
             target = TargetServer(self.targets)
             server = await asyncio.start_server(
                 target.handle,
@@ -54,6 +57,9 @@ class VdsaService:
                 source.start()
             self._servers.append(await serve_taps(router, str(settings.tap_socket)))
             log.info("source role: taps connect to %s", settings.tap_socket)
+        if settings.metrics is not None:
+            REGISTRY.register(VdsaCollector(self))
+            start_http_server(settings.metrics.port, settings.metrics.host)
         if settings.control_socket is not None:
             handlers = {
                 "checkpoint": self._checkpoint,
@@ -106,6 +112,7 @@ class VdsaService:
                         "bytes_in": link.stats.bytes_in,
                         "bytes_deduplicated": link.stats.bytes_deduplicated,
                         "bytes_on_wire": link.stats.bytes_on_wire,
+                        "checkpoint_time_ns": link.stats.checkpoint_time_ns,
                     }
                     for link in source.links
                 },

@@ -61,6 +61,7 @@ class Item:
     length: int = 0
     data: bytes = b""  # WRITE: the data; CHECKPOINT: JSON
     done: bool = False
+    time_ns: int = 0  # CHECKPOINT: when the cut was taken
 
 
 @dataclass
@@ -70,6 +71,8 @@ class LinkStats:
     bytes_on_wire: int = 0  # after compression, frame headers included
     acked_seq: int = 0
     connected: bool = False
+    # When the newest checkpoint the target has made durable was cut: the RPO is now minus it.
+    checkpoint_time_ns: int = 0
 
 
 class VpgSource:
@@ -139,6 +142,10 @@ class VpgSource:
             log.info("%s: disk %d back in write order", self.name, disk)
 
     @property
+    def held_bytes(self) -> int:
+        return self._held_bytes
+
+    @property
     def consistent(self) -> bool:
         return not self._resyncing
 
@@ -146,9 +153,9 @@ class VpgSource:
         """Cut a checkpoint after every item so far; False while a resync makes it impossible."""
         if not self.consistent:
             return False
-        info = json.dumps({"time_ns": time.time_ns(), "tag": tag, "description": description})
-        body = info.encode()
-        self.intake(Item(EntryKind.CHECKPOINT, length=len(body), data=body))
+        now = time.time_ns()
+        body = json.dumps({"time_ns": now, "tag": tag, "description": description}).encode()
+        self.intake(Item(EntryKind.CHECKPOINT, length=len(body), data=body, time_ns=now))
         self.checkpoints_taken += 1
         return True
 
@@ -299,6 +306,9 @@ class TargetLink:
             _, index = self._sent.popleft()
             self.acked_index = index + 1
             progressed = True
+            item = self.vpg.item(index)
+            if item.kind is EntryKind.CHECKPOINT:
+                self.stats.checkpoint_time_ns = item.time_ns
         self.stats.acked_seq = max(self.stats.acked_seq, seq)
         if progressed:
             self.vpg.link_progressed()

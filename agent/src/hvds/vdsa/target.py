@@ -15,7 +15,7 @@ import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hvds.journal import DiskSpec, Journal, JournalFull, JournalWrite, JournalZero
+from hvds.journal import DiskSpec, Journal, JournalFull, JournalUsage, JournalWrite, JournalZero
 from hvds.replication.dedup import MIN_DEDUP_BYTES, BlockCache, block_hash
 from hvds.replication.stream import FrameStream
 from hvds.replication.wire import (
@@ -42,6 +42,8 @@ class TargetVpgState:
     journal: Journal
     session: asyncio.Task[None] | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # Taken after each batch, in the worker thread: readers elsewhere never touch the journal.
+    usage: JournalUsage | None = None
 
 
 def open_journal(config: TargetVpg, journal_dir: Path) -> Journal:
@@ -122,6 +124,7 @@ class BatchApplier:
     """Turns a batch's entries into journal records (in a worker thread)."""
 
     def __init__(self, vpg: TargetVpgState, cache: BlockCache) -> None:
+        self._vpg = vpg
         self._journal = vpg.journal
         self._disk_sizes = {d.disk: d.size for d in vpg.config.disks}
         self._cache = cache
@@ -140,10 +143,12 @@ class BatchApplier:
                     time_ns=int(info["time_ns"]),
                     seq=entry.seq,
                 )
+                journal.reclaim()  # history past the retention window or the size limit
             else:
                 records.append(self._record(entry))
         journal.append(records)
         journal.commit()
+        self._vpg.usage = journal.usage()
         return journal.last_seq
 
     def _record(self, entry: Entry) -> JournalWrite | JournalZero:
