@@ -23,7 +23,7 @@ test: setup lint
 	cd agent && pytest -q -ra tests
 
 demo: setup
-	bash scripts/demo-tap.sh
+	bash scripts/demo.sh
 
 bench: setup
 	$(PY) bench/tap_bench.py

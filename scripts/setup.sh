@@ -11,7 +11,7 @@ apt_packages=(
   python3 python3-venv python3-dev gcc make
   qemu-utils qemu-system-x86 nbdkit libnbd-bin python3-libnbd fio
   busybox-static e2fsprogs util-linux procps iproute2 cpio curl
-  fdisk xfsprogs ntfs-3g dosfstools btrfs-progs lvm2
+  fdisk xfsprogs ntfs-3g dosfstools btrfs-progs lvm2 jq
 )
 
 missing=()

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 from harness import Lab, Vdsa, sha256_file
-from pki import TestCa
 
+from hvds.pki import CertificateAuthority
 from hvds.vdsa.config import TargetVpg
 from hvds.vdsa.target import open_journal
 
@@ -27,7 +27,7 @@ class Sites:
     """Site A: one host with a tap and a VDSA. Sites B and C: one host with a VDSA each."""
 
     def __init__(self, root: Path) -> None:
-        ca = TestCa(root / "pki")
+        ca = CertificateAuthority(root / "pki")
         self.host_a = Lab(root / "a")
         self.host_a.root.mkdir()
         self.vdsa_a = Vdsa(root / "a" / "vdsa", "vdsa-a1", ca.issue("vdsa-a1"))

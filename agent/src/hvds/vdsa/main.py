@@ -2,8 +2,10 @@
 
     hvds-vdsa run --config /etc/hvds/vdsa.toml      # source and target roles
     hvds-vdsa checkpoint --control SOCK --vpg NAME [--tag T] [--description D]
+    hvds-vdsa checkpoints --control SOCK --vpg NAME
     hvds-vdsa status --control SOCK
     hvds-vdsa analyze IMAGE                          # partitions, file systems, OS
+    hvds-vdsa pki --dir DIR NAME...                  # a CA and certificates for a lab
     hvds-vdsa sink --listen SOCK --dir DIR [--record FILE]
 
 ``sink`` applies every copy a tap sends, in order, to an image per export: a stand-in VDSA for
@@ -24,6 +26,7 @@ from typing import Any
 import uvloop
 
 from hvds.analyzer.cli import main as analyzer_main
+from hvds.pki import CertificateAuthority
 from hvds.settings import ConfigError
 from hvds.vdsa.config import VdsaConfig, load_config
 from hvds.vdsa.control import request
@@ -74,9 +77,15 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint.add_argument("--vpg", required=True)
     checkpoint.add_argument("--tag", default="")
     checkpoint.add_argument("--description", default="")
+    listing = commands.add_parser("checkpoints", help="list a replicated VPG's checkpoints")
+    listing.add_argument("--control", type=Path, required=True, help="control socket")
+    listing.add_argument("--vpg", required=True)
     status = commands.add_parser("status", help="print the VDSA's state as JSON")
     status.add_argument("--control", type=Path, required=True, help="control socket")
     commands.add_parser("analyze", help="report partitions, file systems and OS of an image")
+    pki = commands.add_parser("pki", help="make a CA (if missing) and certificates for VDSAs")
+    pki.add_argument("--dir", type=Path, required=True, help="where ca.pem and the certs live")
+    pki.add_argument("names", nargs="+", help="VDSA names (the server_name peers expect)")
     sink = commands.add_parser("sink", help="apply every copy to an image per export")
     sink.add_argument("--listen", type=Path, required=True, help="unix socket for the taps")
     sink.add_argument("--dir", type=Path, required=True, help="directory of the images")
@@ -93,8 +102,16 @@ def main(argv: list[str] | None = None) -> int:
             "description": args.description,
         }
         return _print_answer(request(args.control, message))
+    if args.command == "checkpoints":
+        return _print_answer(request(args.control, {"op": "checkpoints", "vpg": args.vpg}))
     if args.command == "status":
         return _print_answer(request(args.control, {"op": "status"}))
+    if args.command == "pki":
+        authority = CertificateAuthority(args.dir)
+        for name in args.names:
+            files = authority.issue(name)
+            print(f"{name}: cert {files.cert}, key {files.key}, ca {files.ca}")
+        return 0
     if args.command == "sink":
         uvloop.run(run_sink(args.listen, args.dir, args.record))
         return 0

@@ -1,4 +1,8 @@
-"""A throwaway CA and certificates for tests of mutual TLS (the roles make real ones)."""
+"""A small certificate authority for the VDSAs' mutual TLS: a lab, a demo, a test.
+
+Production deployments make their CA and certificates with the replication_link role
+(community.crypto) or their own PKI; this serves ``hvds-vdsa pki`` and the tests.
+"""
 
 from __future__ import annotations
 
@@ -34,12 +38,22 @@ def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
     path.chmod(0o600)
 
 
-class TestCa:
-    __test__ = False  # not a pytest class
+class CertificateAuthority:
+    """A CA kept in ``directory`` (ca.pem, ca.key): loaded if there, made if not."""
 
-    def __init__(self, directory: Path, name: str = "hvds test CA") -> None:
+    def __init__(self, directory: Path, name: str = "hvds CA", days: int = 825) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
+        self.days = days
+        self.path = directory / "ca.pem"
+        key_path = directory / "ca.key"
+        if self.path.exists() and key_path.exists():
+            loaded = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+            if not isinstance(loaded, ec.EllipticCurvePrivateKey):
+                raise ValueError(f"{key_path}: not an EC private key")
+            self.key = loaded
+            self.cert = x509.load_pem_x509_certificate(self.path.read_bytes())
+            return
         self.key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
         self.cert = (
@@ -49,15 +63,17 @@ class TestCa:
             .public_key(self.key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=days))
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .sign(self.key, hashes.SHA256())
         )
-        self.path = directory / f"{name.replace(' ', '-')}.pem"
+        _write_key(self.key, key_path)
         self.path.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
 
     def issue(self, name: str) -> TlsFiles:
         """A certificate for ``name`` (as DNS name), good for both server and client use."""
+        if name == "ca" or "/" in name:
+            raise ValueError(f"{name!r} cannot name a certificate: it would clash with the CA")
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
         cert = (
@@ -67,7 +83,7 @@ class TestCa:
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=self.days))
             .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
             .add_extension(
                 x509.ExtendedKeyUsage(
