@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -9,6 +10,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -258,13 +260,14 @@ class Vdsa:
         })  # fmt: skip
 
     def protect(
-        self, vpg: str, exports: dict[str, int], targets: list[Vdsa], **options: Any
+        self, vpg: str, exports: dict[str, int], targets: list[tuple[str, str]], **options: Any
     ) -> None:
-        """Make this VDSA the source of ``vpg``: its tap's exports by disk id."""
+        """Make this VDSA the source of ``vpg``: its tap's exports by disk id, to targets given
+        as (address, server name)."""
         self.source_vpgs.append({
             "name": vpg,
             "disks": [{"export": export, "disk": disk} for export, disk in exports.items()],
-            "targets": [{"address": t.address, "server_name": t.name} for t in targets],
+            "targets": [{"address": address, "server_name": name} for address, name in targets],
             **options,
         })  # fmt: skip
 
@@ -308,3 +311,65 @@ class Vdsa:
         if self.service is not None and self.service.proc and self.service.proc.poll() is None:
             self.service.resume()
             self.service.stop()
+
+
+class TcpProxy:
+    """A TCP relay on loopback whose link can be cut and restored, as a WAN link would be."""
+
+    def __init__(self, target_port: int) -> None:
+        self.port = free_port()
+        self._target_port = target_port
+        self._pairs: list[tuple[socket.socket, socket.socket]] = []
+        self._lock = threading.Lock()
+        self._up = True
+        self._listener = socket.create_server(("127.0.0.1", self.port))
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            if not self._up:
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self._target_port))
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._pairs.append((client, upstream))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(1 << 16):
+                sink.sendall(data)
+        except OSError:
+            pass
+        for s in (source, sink):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        """Drop every connection and refuse new ones until restore()."""
+        self._up = False
+        with self._lock:
+            pairs, self._pairs = self._pairs, []
+        for pair in pairs:
+            for s in pair:
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+                s.close()
+
+    def restore(self) -> None:
+        self._up = True
+
+    def close(self) -> None:
+        self.cut()
+        self._listener.close()
