@@ -314,7 +314,7 @@ def tap_metric(samples: dict[str, float], name: str) -> float:
     return samples.get(f'{name}{{export="{EXPORT}"}}', samples.get(name, 0.0))
 
 
-def start_tap(procs: Processes, image: Path, size: int) -> Server:
+def start_tap(procs: Processes, image: Path, size: int, sink_mode: str) -> Server:
     base = procs.workdir / TAP
     base.mkdir()
     vdsa_sock, tap_sock = base / "vdsa.sock", base / "tap.sock"
@@ -330,9 +330,12 @@ def start_tap(procs: Processes, image: Path, size: int) -> Server:
         f'name = "{EXPORT}"\n'
         f'path = "{image}"\n'
     )
+    # "discard": the sink takes, checks and acknowledges every copy, as a VDSA's intake does;
+    # "apply": it also writes each copy to a replica image on the same core (a heavier sink).
+    sink_args = ["--discard"] if sink_mode == "discard" else ["--dir", str(base / "replica")]
     sink = procs.start(
         "hvds-vdsa-sink",
-        [tool("hvds-vdsa"), "sink", "--listen", str(vdsa_sock), "--dir", str(base / "replica")],
+        [tool("hvds-vdsa"), "sink", "--listen", str(vdsa_sock), *sink_args],
     )
     wait_until(sink, "'hvds-vdsa ready'", lambda: "hvds-vdsa ready" in sink.log.read_text())
     tap = procs.start(TAP, [tool("hvds-tap"), "--config", str(config)])
@@ -368,8 +371,13 @@ def start_plain(procs: Processes, name: str, image: Path, size: int) -> Server:
     return Server(name, uri, proc, [proc])
 
 
-def start_server(procs: Processes, name: str, image: Path, size: int) -> Server:
-    server = start_tap(procs, image, size) if name == TAP else start_plain(procs, name, image, size)
+def start_server(
+    procs: Processes, name: str, image: Path, size: int, sink_mode: str = "discard"
+) -> Server:
+    if name == TAP:
+        server = start_tap(procs, image, size, sink_mode)
+    else:
+        server = start_plain(procs, name, image, size)
     for proc in server.procs:
         check_pinned(proc)
     return server
@@ -580,6 +588,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--workloads", nargs="+", metavar="W", help="a subset of the workloads")
     parser.add_argument("--servers", nargs="+", metavar="S", help="a subset of the servers")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the results here")
+    parser.add_argument(
+        "--sink",
+        choices=["discard", "apply"],
+        default="discard",
+        help="the tap's VDSA sink acknowledges copies (discard, default) or also writes them "
+        "to a replica image (apply)",
+    )
     args = parser.parse_args(argv)
     if args.runtime < 1:
         parser.error("--runtime must be at least 1 second")
@@ -718,7 +733,7 @@ def start_servers(
         log(f"[{name}] starting")
         running = len(procs)
         try:
-            servers.append(start_server(procs, name, image, args.size))
+            servers.append(start_server(procs, name, image, args.size, args.sink))
         except BenchError as exc:
             log(f"[{name}] FAILED to start: {exc}")
             failed[name] = str(exc).splitlines()[0]

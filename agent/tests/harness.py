@@ -185,9 +185,10 @@ class Lab:
         ).start()
         return self.tap
 
-    def start_sink(self) -> Service:
+    def start_sink(self, discard: bool = False) -> Service:
         argv = [str(BIN / "hvds-vdsa"), "sink", "--listen", str(self.vdsa_socket)]
-        argv += ["--dir", str(self.replica_dir), "--record", str(self.record)]
+        argv += ["--discard"] if discard else ["--dir", str(self.replica_dir)]
+        argv += ["--record", str(self.record)]
         self.sink = Service(argv, self.root / "vdsa.log").start()
         return self.sink
 

@@ -118,3 +118,18 @@ def test_vdsa_restart_resyncs_only_what_it_missed(lab: Lab) -> None:
         8 * MiB, 8 * MiB + BLOCK, 8 * MiB + 2 * BLOCK, 8 * MiB + 3 * BLOCK, 16 * MiB,
     ]  # fmt: skip
     assert sha256_file(lab.replica("disk0")) == sha256_file(disk)
+
+
+def test_discarding_sink_acknowledges_every_copy_without_a_replica(lab: Lab) -> None:
+    lab.add_disk("disk0", 16 * MiB)
+    lab.start_sink(discard=True)
+    lab.start_tap()
+    subprocess.run(
+        ["qemu-io", "-f", "raw", "-c", "write -P 9 0 4M", "-c", "write -z 8M 1M", lab.uri("disk0")],
+        check=True,
+        capture_output=True,
+    )
+    lab.wait_for(lambda: lab.metric("hvds_tap_dirty_bytes", "disk0") == 0, what="acks")
+    kinds = [c["type"] for c in lab.copies()]
+    assert kinds.count("ZERO") == 1 and kinds.count("WRITE") >= 1
+    assert not lab.replica_dir.exists()

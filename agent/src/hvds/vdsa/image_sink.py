@@ -1,5 +1,8 @@
 """A consumer that applies every copy, in order, to an image per export in a directory.
 
+Without a directory it only checks, counts and acknowledges the copies: what a VDSA's intake
+costs the host, without a replica disk (the tap benchmark uses it so).
+
 It stands in for the replication pipeline until the journal exists: what it writes must equal
 the tap's disks. With ``record`` it also logs each frame as a JSON line, so tests can count what
 was sent (and resent) and in which order.
@@ -22,16 +25,19 @@ log = logging.getLogger(__name__)
 
 
 class ImageSink:
-    def __init__(self, directory: Path, record: Path | None = None) -> None:
+    def __init__(self, directory: Path | None, record: Path | None = None) -> None:
         self.directory = directory
-        directory.mkdir(parents=True, exist_ok=True)
+        if directory is not None:
+            directory.mkdir(parents=True, exist_ok=True)
         self._record: IO[str] | None = record.open("a", buffering=1 << 20) if record else None
 
     def open_session(self, peer: str, tap: Tap) -> ImageSinkSession:
         log.info("tap %s connected", peer)
         return ImageSinkSession(self, peer, tap)
 
-    def image_path(self, export_name: str) -> Path:
+    def image_path(self, export_name: str) -> Path | None:
+        if self.directory is None:
+            return None
         return self.directory / f"{quote(export_name, safe='')}.img"
 
     def record(self, peer: str, frame: Frame, export_name: str) -> None:
@@ -59,7 +65,7 @@ class ImageSinkSession(CopySession):
         self._peer = peer
         self._tap = tap
         self._last_seq = 0
-        self._disks: dict[int, tuple[str, Disk]] = {}
+        self._disks: dict[int, tuple[str, int, Disk | None]] = {}  # name, size, image
 
     def take(self, frame: Frame) -> None:
         self._last_seq = frame.seq
@@ -68,30 +74,35 @@ class ImageSinkSession(CopySession):
             return
         if frame.export not in self._disks:
             raise LinkProtocolError(f"{frame.type.name} for undeclared export {frame.export}")
-        name, disk = self._disks[frame.export]
+        name, size, disk = self._disks[frame.export]
         self._sink.record(self._peer, frame, name)
+        if frame.type not in (FrameType.WRITE, FrameType.ZERO):
+            return
+        if frame.offset + frame.length > size:
+            raise LinkProtocolError(f"{frame.type.name} beyond the end of {name}")
+        if disk is None:
+            return
         if frame.type is FrameType.WRITE:
-            if frame.offset + len(frame.payload) > disk.size:
-                raise LinkProtocolError(f"write beyond the end of {name}")
             disk.write(frame.offset, frame.payload)
-        elif frame.type is FrameType.ZERO:
-            if frame.offset + frame.length > disk.size:
-                raise LinkProtocolError(f"zero beyond the end of {name}")
+        else:
             disk.zero(frame.offset, frame.length, may_trim=True)
 
     def _open(self, frame: Frame) -> None:
         name = frame.payload.decode()
+        old = self._disks.pop(frame.export, None)
+        if old is not None and old[2] is not None:
+            old[2].close()
         path = self._sink.image_path(name)
+        if path is None:
+            self._disks[frame.export] = (name, frame.offset, None)
+            return
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             if os.fstat(fd).st_size != frame.offset:
                 os.ftruncate(fd, frame.offset)
         finally:
             os.close(fd)
-        old = self._disks.pop(frame.export, None)
-        if old is not None:
-            old[1].close()
-        self._disks[frame.export] = (name, Disk(path))
+        self._disks[frame.export] = (name, frame.offset, Disk(path))
 
     def batch_done(self) -> None:
         self._sink.flush_record()
@@ -99,6 +110,7 @@ class ImageSinkSession(CopySession):
 
     def close(self) -> None:
         self._sink.flush_record()
-        for _, disk in self._disks.values():
-            disk.close()
+        for _, _, disk in self._disks.values():
+            if disk is not None:
+                disk.close()
         self._disks.clear()

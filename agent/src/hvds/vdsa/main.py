@@ -6,7 +6,7 @@
     hvds-vdsa status --control SOCK
     hvds-vdsa analyze IMAGE                          # partitions, file systems, OS
     hvds-vdsa pki --dir DIR NAME...                  # a CA and certificates for a lab
-    hvds-vdsa sink --listen SOCK --dir DIR [--record FILE]
+    hvds-vdsa sink --listen SOCK (--dir DIR | --discard) [--record FILE]
 
 ``sink`` applies every copy a tap sends, in order, to an image per export: a stand-in VDSA for
 testing and benchmarking the tap alone.
@@ -37,7 +37,7 @@ from hvds.vdsa.service import VdsaService
 log = logging.getLogger("hvds.vdsa")
 
 
-async def run_sink(listen: Path, directory: Path, record: Path | None) -> None:
+async def run_sink(listen: Path, directory: Path | None, record: Path | None) -> None:
     sink = ImageSink(directory, record)
     loop = asyncio.get_running_loop()
     server = await serve_taps(sink, str(listen))
@@ -88,7 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     pki.add_argument("names", nargs="+", help="VDSA names (the server_name peers expect)")
     sink = commands.add_parser("sink", help="apply every copy to an image per export")
     sink.add_argument("--listen", type=Path, required=True, help="unix socket for the taps")
-    sink.add_argument("--dir", type=Path, required=True, help="directory of the images")
+    where = sink.add_mutually_exclusive_group(required=True)
+    where.add_argument("--dir", type=Path, help="directory of the replica images")
+    where.add_argument(
+        "--discard", action="store_true", help="check and acknowledge copies, keep no replica"
+    )
     sink.add_argument("--record", type=Path, help="append a JSON line per frame to this file")
     args = parser.parse_args(arguments)
     logging.basicConfig(
