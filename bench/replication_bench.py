@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.metadata
+import itertools
 import json
 import math
 import os
@@ -79,7 +80,6 @@ RPO_CAUGHT_UP = 2.0
 SYNC_TIMEOUT = 180.0
 CATCH_UP_TIMEOUT = 180.0
 CHECKPOINT_INTERVAL = 1.0
-JOURNAL_LIMIT = 4 * 1024**3  # reclaimed beyond this, so that long runs stay on the disk
 OFF, ON = "off", "on"
 
 
@@ -143,13 +143,18 @@ class JobResult:
     rpo_p50_s: float | None = None
     rpo_p99_s: float | None = None
     rpo_max_s: float | None = None
+    rpo_p99_fio_s: float | None = None  # while fio ran only
     rpo_at_fio_end_s: float | None = None
+    out_of_order_s: float | None = None  # VPG resyncing (no checkpoint possible), sampled
     catch_up_s: float | None = None  # after fio ended: RPO < 2 s and no dirty byte
+    fio_seconds: float | None = None
     backlog_bytes: int | None = None  # dirty bytes left when the catch-up timed out
     written_bytes: int | None = None
     deduplicated_bytes: int | None = None
     wire_bytes: int | None = None
     error: str | None = None
+    # [seconds since fio started, RPO or None, VPG consistent or None], every 100 ms.
+    series: list[tuple[float, float | None, bool | None]] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -158,6 +163,13 @@ class JobResult:
     @property
     def rpo_met(self) -> bool | None:
         return None if self.rpo_p99_s is None else self.rpo_p99_s <= RPO_AIM
+
+    @property
+    def replicated_mb_per_s(self) -> float | None:
+        """What reached the target (acknowledged), over fio's run time and the catch-up."""
+        if self.written_bytes is None or self.fio_seconds is None or self.catch_up_s is None:
+            return None
+        return self.written_bytes / 1e6 / (self.fio_seconds + self.catch_up_s)
 
     @property
     def wire_ratio(self) -> float | None:
@@ -186,12 +198,15 @@ class Integrity:
 
 @dataclass
 class LogReport:
+    """ERROR / WARNING / Traceback lines of a process's log, during the run and at its stop."""
+
     name: str
     path: str
     errors: int = 0
     warnings: int = 0
     tracebacks: int = 0
     examples: list[str] = field(default_factory=list)
+    at_stop: list[str] = field(default_factory=list)
 
 
 # -- the two stacks ----------------------------------------------------------------------------
@@ -219,7 +234,7 @@ def check_pinned(name: str, pid: int) -> None:
 class Stacks:
     """The "off" tap alone, and the "on" tap with its source and target VDSA."""
 
-    def __init__(self, root: Path, size: int) -> None:
+    def __init__(self, root: Path, size: int, journal_limit: int) -> None:
         self.size = size
         ca = CertificateAuthority(root / "pki")
         self.off = Lab(root / "off")
@@ -229,7 +244,7 @@ class Stacks:
             lab.add_disk(EXPORT, size)
         self.source = Vdsa(root / "on" / "vdsa", SOURCE_ID, ca.issue(SOURCE_ID))
         self.target = Vdsa(root / "target" / "vdsa", TARGET_ID, ca.issue(TARGET_ID))
-        self.target.replicate_here(VPG, {1: (EXPORT, size)}, journal_size_limit=JOURNAL_LIMIT)
+        self.target.replicate_here(VPG, {1: (EXPORT, size)}, journal_size_limit=journal_limit)
         self.source.protect(
             VPG,
             {EXPORT: 1},
@@ -380,7 +395,8 @@ class Job:
         self.name = f"{workload.name}-{data.name}-{replication}"
         self.out = workdir / f"fio-{self.name}.json"
         self.err = workdir / f"fio-{self.name}.err"
-        self.rpo: list[float] = []
+        self.start = 0.0
+        self.fio_samples = 0
 
     def counters(self) -> dict[str, int]:
         stacks, repl = self.stacks, self.replication
@@ -394,11 +410,14 @@ class Job:
         return values
 
     def sample(self) -> float | None:
+        """The RPO gauge, and whether the VPG is in write order (the control socket)."""
         rpo = self.stacks.rpo()
+        consistent = None
+        with contextlib.suppress(OSError, KeyError, AssertionError, ValueError):
+            consistent = bool(self.stacks.source.status()["sources"][VPG]["consistent"])
         if rpo is None:
             self.result.rpo_unread = (self.result.rpo_unread or 0) + 1
-        else:
-            self.rpo.append(rpo)
+        self.result.series.append((round(time.monotonic() - self.start, 3), rpo, consistent))
         return rpo
 
     def run(self, runtime: int) -> JobResult:
@@ -414,6 +433,7 @@ class Job:
         uri = stacks.lab(self.replication).uri(EXPORT)
         argv = fio_argv(self.workload, self.data, uri, runtime, self.name)
         with self.out.open("wb") as out, self.err.open("wb") as err:
+            self.start = time.monotonic()
             fio = subprocess.Popen(argv, stdout=out, stderr=err)  # noqa: S603 -- built here
             try:
                 self._watch(fio, runtime)
@@ -434,6 +454,7 @@ class Job:
         if seconds <= 0:
             raise BenchError("fio reports a run time of 0")
         io = job["write"]
+        result.fio_seconds = seconds
         result.iops = float(io["iops"])
         result.mb_per_s = io["bw_bytes"] / 1e6
         result.fio_bytes = int(io["io_bytes"])
@@ -467,6 +488,7 @@ class Job:
             time.sleep(max(0.0, tick - time.monotonic()))
         if self.replication == ON:
             self.result.rpo_at_fio_end_s = self.sample()
+            self.fio_samples = len(self.result.series)
 
     def _catch_up(self) -> None:
         """After fio: sample on until the RPO is under 2 s and every copy is acknowledged."""
@@ -487,11 +509,24 @@ class Job:
                 break
             tick += SAMPLE_INTERVAL
             time.sleep(max(0.0, tick - time.monotonic()))
-        result.rpo_samples = len(self.rpo)
-        if self.rpo:
-            result.rpo_p50_s = percentile(self.rpo, 50)
-            result.rpo_p99_s = percentile(self.rpo, 99)
-            result.rpo_max_s = max(self.rpo)
+        self._summarize()
+
+    def _summarize(self) -> None:
+        result, series = self.result, self.result.series
+        every = [rpo for _, rpo, _ in series if rpo is not None]
+        during = [rpo for _, rpo, _ in series[: self.fio_samples] if rpo is not None]
+        result.rpo_samples = len(every)
+        if every:
+            result.rpo_p50_s = percentile(every, 50)
+            result.rpo_p99_s = percentile(every, 99)
+            result.rpo_max_s = max(every)
+        if during:
+            result.rpo_p99_fio_s = percentile(during, 99)
+        result.out_of_order_s = sum(
+            later[0] - earlier[0]
+            for earlier, later in itertools.pairwise(series)
+            if earlier[2] is False
+        )
 
 
 def plan() -> list[tuple[Workload, Data, str]]:
@@ -505,19 +540,34 @@ def plan() -> list[tuple[Workload, Data, str]]:
 # -- the run -----------------------------------------------------------------------------------
 
 
-def scan_log(name: str, path: Path) -> LogReport:
+LOG_KINDS = ("ERROR", "WARNING", "Traceback")
+
+
+def log_lines(path: Path) -> list[str]:
+    return path.read_text(errors="replace").splitlines() if path.exists() else []
+
+
+def scan_log(name: str, path: Path, run_lines: int) -> LogReport:
+    """The log's notable lines: counted in its first ``run_lines`` lines (the run), listed
+    after them (written while the process was being stopped)."""
     report = LogReport(name, str(path))
-    if not path.exists():
-        return report
-    for line in path.read_text(errors="replace").splitlines():
-        kind = next((k for k in ("ERROR", "WARNING", "Traceback") if k in line), None)
+    lines = log_lines(path)
+    seen: set[str] = set()
+    for n, line in enumerate(lines):
+        kind = next((k for k in LOG_KINDS if k in line), None)
         if kind is None:
+            continue
+        text = line.strip()[:160]
+        if n >= run_lines:
+            report.at_stop.append(text)
             continue
         report.errors += kind == "ERROR"
         report.warnings += kind == "WARNING"
         report.tracebacks += kind == "Traceback"
-        text = line.strip()[:160]
-        if len(report.examples) < 4 and text not in report.examples:
+        # One example of each message, without its time stamp.
+        message = text.split(" ", 2)[-1]
+        if len(report.examples) < 6 and message not in seen:
+            seen.add(message)
             report.examples.append(text)
     return report
 
@@ -534,13 +584,13 @@ class Run:
 def bench(args: argparse.Namespace, run: Run) -> None:
     if not {SERVER_CPU, CLIENT_CPU} <= os.sched_getaffinity(0):
         raise BenchError(f"needs CPUs {SERVER_CPU} and {CLIENT_CPU} to pin to")
-    need = 3 * args.size + JOURNAL_LIMIT + 1024**3
+    need = 3 * args.size + args.journal_limit + 1024**3
     if shutil.disk_usage(WORK_PARENT).free < need:
         raise BenchError(f"{WORK_PARENT} needs {need / 2**30:.1f} GiB free")
     workdir = Path(tempfile.mkdtemp(prefix="hvds-repl-bench-", dir=WORK_PARENT))
     stacks: Stacks | None = None
     try:
-        stacks = Stacks(workdir, args.size)
+        stacks = Stacks(workdir, args.size, args.journal_limit)
         log(f"starting the stacks in {workdir} (hvds processes on CPU {SERVER_CPU})")
         stacks.start()
         run.sync_s = stacks.wait_synced()
@@ -562,12 +612,13 @@ def bench(args: argparse.Namespace, run: Run) -> None:
         run.integrity = check_mirror(stacks)
     finally:
         if stacks is not None:
-            stacks.stop()
-            run.logs = [
-                scan_log(name, service.log_path)
+            logs = {
+                name: (service.log_path, len(log_lines(service.log_path)))
                 for name, service in stacks.services().items()
                 if service is not None
-            ]
+            }
+            stacks.stop()
+            run.logs = [scan_log(name, path, lines) for name, (path, lines) in logs.items()]
             if args.keep:
                 log(f"kept {workdir}")
             else:
@@ -635,7 +686,7 @@ def environment(args: argparse.Namespace) -> dict[str, str]:
         "disk": f"{args.size / 2**30:g} GiB sparse raw file per stack, under {WORK_PARENT}",
         "vpg": (
             f"checkpoint every {CHECKPOINT_INTERVAL:g} s, zstd on, target journal limit "
-            f"{JOURNAL_LIMIT / 2**30:g} GiB, mutual TLS over loopback TCP"
+            f"{args.journal_limit / 2**30:g} GiB, mutual TLS over loopback TCP"
         ),
     }
 
@@ -658,8 +709,7 @@ def verdict(result: JobResult) -> str:
     return "-" if met is None else ("PASS" if met else "MISS")
 
 
-def report_text(run: Run, env: dict[str, str], runtime: int) -> Iterator[str]:
-    results = run.results
+def report_header(run: Run, env: dict[str, str], runtime: int) -> Iterator[str]:
     yield "hvds replication benchmark"
     yield (
         f"PINNED: fio on CPU {CLIENT_CPU} (the bench's sampling too); every hvds process on "
@@ -682,7 +732,8 @@ def report_text(run: Run, env: dict[str, str], runtime: int) -> Iterator[str]:
             f"{run.sync_wire_bytes} bytes on the wire"
         )
 
-    yield ""
+
+def report_throughput(results: list[JobResult]) -> Iterator[str]:
     yield "== 1. Throughput, replication off vs on (incompressible data) =="
     header = (
         f"{'workload':<13} {'repl':<4} {'IOPS':>9} {'MB/s':>8} {'p99 us':>8} {'tap %':>6} "
@@ -710,15 +761,15 @@ def report_text(run: Run, env: dict[str, str], runtime: int) -> Iterator[str]:
         yield f"{'':<13} on/off: IOPS {_fmt(on_off, '.2f', 'x')}, MB/s {_fmt(mbs, '.2f', 'x')}"
     yield "('lost' for off is every write: there is no VDSA, the bitmap keeps them all.)"
 
-    on_rows = [r for r in results if r.replication == ON]
-    yield ""
+
+def report_rpo(on_rows: list[JobResult]) -> Iterator[str]:
     yield (
         f"== 2. Replication lag: hvds_vdsa_rpo_seconds every {SAMPLE_INTERVAL * 1000:.0f} ms, "
         f"during fio and until caught up (aim: p99 <= {RPO_AIM:g} s) =="
     )
     header = (
-        f"{'job':<24} {'samples':>7} {'p50 s':>7} {'p99 s':>7} {'max s':>7} {'at end s':>8} "
-        f"{'caught up':>10}  aim"
+        f"{'job':<24} {'samples':>7} {'p50 s':>6} {'p99 s':>6} {'max s':>6} {'fio p99':>7} "
+        f"{'at end':>6} {'resync s':>8} {'caught up':>10}  aim"
     )
     yield header
     yield "-" * len(header)
@@ -733,20 +784,30 @@ def report_text(run: Run, env: dict[str, str], runtime: int) -> Iterator[str]:
         )
         unread = f"  ({r.rpo_unread} unanswered)" if r.rpo_unread else ""
         yield (
-            f"{r.label:<24} {_fmt(r.rpo_samples, 'd'):>7} {_fmt(r.rpo_p50_s, '.2f'):>7} "
-            f"{_fmt(r.rpo_p99_s, '.2f'):>7} {_fmt(r.rpo_max_s, '.2f'):>7} "
-            f"{_fmt(r.rpo_at_fio_end_s, '.2f'):>8} {caught:>10}  {verdict(r)}{unread}"
+            f"{r.label:<24} {_fmt(r.rpo_samples, 'd'):>7} {_fmt(r.rpo_p50_s, '.2f'):>6} "
+            f"{_fmt(r.rpo_p99_s, '.2f'):>6} {_fmt(r.rpo_max_s, '.2f'):>6} "
+            f"{_fmt(r.rpo_p99_fio_s, '.2f'):>7} {_fmt(r.rpo_at_fio_end_s, '.2f'):>6} "
+            f"{_fmt(r.out_of_order_s, '.1f'):>8} {caught:>10}  {verdict(r)}{unread}"
         )
+    yield (
+        "p50/p99/max: every sample, during fio and until caught up (the aim is judged on this "
+        "p99); 'fio p99': while fio ran; 'at end': when fio exited."
+    )
+    yield (
+        "'resync s': sampled time the VPG was out of write order (the tap resending blocks it "
+        "had to leave to its bitmap): no checkpoint can be cut then, so the RPO grows."
+    )
     yield (
         f"'caught up' = from fio's end until the RPO is under {RPO_CAUGHT_UP:g} s and the tap "
         "has no dirty byte (every copy acknowledged by the target)."
     )
 
-    yield ""
+
+def report_wire(on_rows: list[JobResult]) -> Iterator[str]:
     yield "== 3. Bytes on the wire vs bytes written (source VDSA counters, per job) =="
     header = (
         f"{'job':<24} {'fio MB':>9} {'written MB':>10} {'dedup MB':>9} {'wire MB':>9} "
-        f"{'wire/written':>12} {'lost':>7} {'resync MB':>9}"
+        f"{'wire/written':>12} {'lost':>7} {'resync MB':>9} {'repl MB/s':>9}"
     )
     yield header
     yield "-" * len(header)
@@ -758,17 +819,26 @@ def report_text(run: Run, env: dict[str, str], runtime: int) -> Iterator[str]:
             f"{r.label:<24} {_mb(r.fio_bytes):>9} {_mb(r.written_bytes):>10} "
             f"{_mb(r.deduplicated_bytes):>9} {_mb(r.wire_bytes):>9} "
             f"{_fmt(r.wire_ratio, '.3f'):>12} {_fmt(r.copies_lost, ',d'):>7} "
-            f"{_mb(r.resync_bytes):>9}"
+            f"{_mb(r.resync_bytes):>9} {_fmt(r.replicated_mb_per_s, '.1f'):>9}"
         )
     yield (
-        "written = hvds_vdsa_written_bytes_total (what the tap sent: live copies and resync); "
+        "written = hvds_vdsa_written_bytes_total: what the tap sent, live copies and resync; "
         "dedup = after zero elision and references; wire = after zstd, with frame headers."
+    )
+    yield (
+        "A lost copy is resent from the disk as whole bitmap blocks (64 KiB), once however often "
+        "it was overwritten: written can exceed what fio wrote (small random writes) or fall "
+        "short of it (overwrites); resent blocks may hold zeroes or old data that compress."
+    )
+    yield (
+        "repl MB/s = written / (fio's run time + caught-up time): the rate the whole pipeline "
+        "(tap, source, target, all on CPU 0) sustained to the target."
     )
     yield "data: " + "; ".join(f"{d.name} = {d.title}" for d in DATA)
 
-    yield ""
+
+def report_mirror(integrity: Integrity) -> Iterator[str]:
     yield "== Mirror check =="
-    integrity = run.integrity
     if integrity.error:
         yield f"FAILED: {integrity.error}"
     elif integrity.source_sha256:
@@ -782,18 +852,23 @@ def report_text(run: Run, env: dict[str, str], runtime: int) -> Iterator[str]:
     else:
         yield "not checked (the run did not get that far)"
 
-    yield ""
+
+def report_logs(logs: list[LogReport]) -> Iterator[str]:
     yield "== Process logs (ERROR / WARNING / Traceback lines) =="
-    for entry in run.logs:
+    for entry in logs:
         yield (
             f"{entry.name:<12} {entry.errors} errors, {entry.warnings} warnings, "
             f"{entry.tracebacks} tracebacks"
         )
         for example in entry.examples:
             yield f"    {example}"
+        for line in entry.at_stop[:3]:
+            yield f"    at stop: {line}"
 
-    yield ""
+
+def report_summary(results: list[JobResult], integrity: Integrity) -> Iterator[str]:
     yield "== Summary =="
+    on_rows = [r for r in results if r.replication == ON]
     header = (
         f"{'workload':<13} {'off IOPS':>9} {'on IOPS':>9} {'on/off':>7} {'RPO p99':>8} "
         f"{'aim':>5} {'caught up':>9} {'lost':>7}  wire/written random|compress50|dedupe50"
@@ -819,10 +894,27 @@ def report_text(run: Run, env: dict[str, str], runtime: int) -> Iterator[str]:
             f"{met:>5} {_fmt(slowest, '.1f', ' s'):>9} {lost:>7,d}  {wire}"
         )
     yield (
-        f"RPO p99 and 'caught up': the worst of the workload's on-jobs; 'lost': copies the "
+        "RPO p99 and 'caught up': the worst of the workload's on-jobs; 'lost': copies the "
         "tap left to its bitmap in them. Mirror check: " + ("PASS" if integrity.match else "FAIL")
     )
     yield "Virtual machines share their host's CPUs: compare off and on within one run."
+
+
+def report_text(run: Run, env: dict[str, str], runtime: int) -> Iterator[str]:
+    on_rows = [r for r in run.results if r.replication == ON]
+    sections = (
+        report_header(run, env, runtime),
+        report_throughput(run.results),
+        report_rpo(on_rows),
+        report_wire(on_rows),
+        report_mirror(run.integrity),
+        report_logs(run.logs),
+        report_summary(run.results, run.integrity),
+    )
+    for n, section in enumerate(sections):
+        if n:
+            yield ""
+        yield from section
 
 
 # -- main --------------------------------------------------------------------------------------
@@ -843,6 +935,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--runtime", type=int, default=20, help="seconds per fio job (20)")
     parser.add_argument("--size", type=parse_size, default="1G", help="disk size (1G)")
+    parser.add_argument(
+        "--journal-limit",
+        type=parse_size,
+        default="4G",
+        help="the target journal's size limit (4G): beyond it the oldest checkpoints go",
+    )
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the results here")
     parser.add_argument(
         "--keep", action="store_true", help="keep the work directory (logs, fio output)"
@@ -862,7 +960,13 @@ def json_document(run: Run, env: dict[str, str], args: argparse.Namespace) -> di
         "environment": env,
         "initial_sync_s": run.sync_s,
         "results": [
-            {**asdict(r), "wire_ratio": r.wire_ratio, "rpo_met": r.rpo_met} for r in run.results
+            {
+                **asdict(r),
+                "wire_ratio": r.wire_ratio,
+                "replicated_mb_per_s": r.replicated_mb_per_s,
+                "rpo_met": r.rpo_met,
+            }
+            for r in run.results
         ],
         "mirror": {**asdict(run.integrity), "match": run.integrity.match},
         "logs": [asdict(entry) for entry in run.logs],

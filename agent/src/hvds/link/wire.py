@@ -34,6 +34,10 @@ class FrameType(IntEnum):
     RESYNC_DONE = 6  # tap -> VDSA, every dirty block of the export has been sent again
     ACK = 7  # VDSA -> tap, seq: highest sequence taken over
     FULL_SYNC = 8  # VDSA -> tap, export: send every block again (a target starts empty)
+    # The checkpoint barrier of a VPG spread over several hosts (decision 0009):
+    HOLD = 9  # VDSA -> tap, offset: cut id, payload: u32 export ids whose answers to hold
+    MARKER = 10  # tap -> VDSA, offset: cut id: every copy before it belongs to the cut
+    RELEASE = 11  # VDSA -> tap, offset: cut id: answer the held requests
 
 
 class FrameFlag(IntFlag):
@@ -42,7 +46,7 @@ class FrameFlag(IntFlag):
     DIRTY = 1 << 1  # an EXPORT whose dirty blocks will be resent: copies are out of order
 
 
-_WITH_PAYLOAD = frozenset({FrameType.HELLO, FrameType.EXPORT, FrameType.WRITE})
+_WITH_PAYLOAD = frozenset({FrameType.HELLO, FrameType.EXPORT, FrameType.WRITE, FrameType.HOLD})
 
 
 class LinkProtocolError(Exception):

@@ -159,14 +159,24 @@ class NbdClient(asyncio.BufferedProtocol):
                 request.length,
                 exc,
             )
-            self._outgoing.append(self._conn.reply_error(request, wire_errno(exc), str(exc)))
+            self._answer(export, self._conn.reply_error(request, wire_errno(exc), str(exc)))
             self._done(export, command, 0, started)
             return
         if request.flags & _FUA:
             self._after_sync(export, request, started)
             return
-        self._outgoing.append(self._conn.reply(request.handle))
+        self._answer(export, self._conn.reply(request.handle))
         self._done(export, command, request.length, started)
+
+    def _answer(self, export: TapExport, reply: bytes) -> None:
+        """Send, or leave with a checkpoint barrier's hold, the answer to a write-like request."""
+        if not export.complete(self, reply):
+            self._outgoing.append(reply)
+
+    def deliver(self, reply: bytes) -> None:
+        """An answer released by the end of a hold."""
+        self._outgoing.append(reply)
+        self._flush_outgoing()
 
     def _write(self, export: TapExport, request: Request) -> None:
         assert request.payload is not None
@@ -209,7 +219,7 @@ class NbdClient(asyncio.BufferedProtocol):
             except OSError as exc:
                 log.error("%s: sync failed: %s", export.name, exc)
                 errno_value = wire_errno(exc)
-            self._outgoing.append(self._conn.reply(request.handle, errno_value))
+            self._answer(export, self._conn.reply(request.handle, errno_value))
             length = request.length if request.command is not Command.FLUSH else 0
             self._done(export, request.command, length, started)
             self._flush_outgoing()

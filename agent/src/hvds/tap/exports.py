@@ -22,6 +22,17 @@ log = logging.getLogger(__name__)
 class Client(Protocol):
     def close(self) -> None: ...
 
+    def deliver(self, reply: bytes) -> None: ...
+
+
+@dataclass(eq=False)
+class Hold:
+    """A checkpoint barrier holds the answers to an export's writes and flushes: no write can
+    complete, so none can cause another, until every host of the VPG has cut its stream."""
+
+    cut: int
+    replies: list[tuple[Client, bytes]] = field(default_factory=list)
+
 
 @dataclass(eq=False)
 class TapExport:
@@ -33,6 +44,20 @@ class TapExport:
     stats: ExportStats = field(default_factory=ExportStats)
     clients: set[Client] = field(default_factory=set)
     removed: bool = False
+    hold: Hold | None = None
+
+    def complete(self, client: Client, reply: bytes) -> bool:
+        """Keep the answer to a write-like request while held; False if it may go now."""
+        if self.hold is None:
+            return False
+        self.hold.replies.append((client, reply))
+        return True
+
+    def release(self) -> None:
+        hold, self.hold = self.hold, None
+        if hold is not None:
+            for client, reply in hold.replies:
+                client.deliver(reply)
 
     @property
     def name(self) -> str:

@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import struct
 from collections import deque
 from collections.abc import Iterable
 from pathlib import Path
 from typing import cast
 
 from hvds.link.wire import FrameDecoder, FrameFlag, FrameType, LinkProtocolError, encode_header
-from hvds.tap.exports import TapExport
+from hvds.tap.exports import Hold, TapExport
 from hvds.tap.metrics import LinkStats
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 _RECONNECT_MIN = 0.05
 _RECONNECT_MAX = 2.0
 _ROOM_POLL_SECONDS = 0.05
+HOLD_TIMEOUT_SECONDS = 1.0
 
 
 class VdsaLink(asyncio.Protocol):
@@ -132,6 +134,10 @@ class VdsaLink(asyncio.Protocol):
                 self._acknowledge(frame.seq)
             elif frame.type is FrameType.FULL_SYNC:
                 self._full_sync(frame.export)
+            elif frame.type is FrameType.HOLD:
+                self._hold(frame.offset, frame.payload)
+            elif frame.type is FrameType.RELEASE:
+                self._release(frame.offset)
             else:
                 log.warning("ignoring unexpected %s frame from the VDSA", frame.type.name)
 
@@ -143,6 +149,28 @@ class VdsaLink(asyncio.Protocol):
         log.info("full sync of %s asked by the VDSA", export.name)
         export.tracker.copy_lost(range(export.tracker.bitmap.blocks))
         self._resync_wanted.set()
+
+    def _hold(self, cut: int, payload: bytes) -> None:
+        """Hold the answers of the listed exports, then mark the cut in the stream."""
+        ids = set(struct.unpack(f">{len(payload) // 4}I", payload[: len(payload) // 4 * 4]))
+        for export in self._exports:
+            if export.id in ids:
+                if export.hold is None:
+                    export.hold = Hold(cut)
+                export.hold.cut = cut
+        self._send(FrameType.MARKER, offset=cut)
+        self.flush()
+        # A coordinator that never releases must not freeze the VMs: let go on our own. Its
+        # barrier takes milliseconds; a release this late is logged, as the cut it belonged to
+        # may not hold across hosts (decision 0009).
+        asyncio.get_running_loop().call_later(HOLD_TIMEOUT_SECONDS, self._release, cut, True)
+
+    def _release(self, cut: int, timed_out: bool = False) -> None:
+        for export in self._exports:
+            if export.hold is not None and export.hold.cut == cut:
+                if timed_out:
+                    log.warning("%s: checkpoint barrier %d not released in time", export.name, cut)
+                export.release()
 
     def pause_writing(self) -> None:
         self._room.clear()

@@ -70,6 +70,9 @@ class SourceVpg(StrictModel):
     # Writes held for the targets beyond this stop being read from the tap, which then keeps
     # them in its dirty bitmap.
     max_unacknowledged_bytes: Annotated[int, Field(ge=1024 * 1024)] = 256 * 1024 * 1024
+    # A VPG whose disks span hosts takes its checkpoints from a coordinator's barrier (the
+    # site manager, or `hvds-vdsa coordinate`), not from this VDSA's timer.
+    coordinated: bool = False
 
     @model_validator(mode="after")
     def _unique_disks(self) -> SourceVpg:
@@ -85,6 +88,8 @@ class TargetDisk(StrictModel):
     name: Annotated[str, Field(min_length=1)]
     size: Annotated[int, Field(gt=0)]
     mirror: Path
+    # The id of the source VDSA (host) whose tap serves this disk, when the VPG spans hosts.
+    source: str = ""
 
 
 class TargetVpg(StrictModel):
@@ -92,6 +97,17 @@ class TargetVpg(StrictModel):
     disks: Annotated[list[TargetDisk], Field(min_length=1)]
     retention_hours: Annotated[float, Field(gt=0, le=30 * 24)] = 1.0
     journal_size_limit: Annotated[int, Field(ge=64 * 1024 * 1024)] = 150 * 1024**3
+
+    @property
+    def sources(self) -> list[str]:
+        """The source VDSAs feeding this VPG; [""] when it comes from a single host."""
+        return sorted({disk.source for disk in self.disks})
+
+    @model_validator(mode="after")
+    def _sources_all_or_none(self) -> TargetVpg:
+        if "" in self.sources and len(self.sources) > 1:
+            raise ValueError(f"VPG {self.name}: give every disk its source, or none")
+        return self
 
 
 class VdsaSettings(StrictModel):

@@ -10,17 +10,18 @@ of a VPG for a checkpoint. It listens on a unix socket that only root and its gr
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[dict[str, Any]], dict[str, Any]]
+Handler = Callable[[dict[str, Any]], dict[str, Any] | Awaitable[dict[str, Any]]]
 MAX_REQUEST_BYTES = 64 * 1024
 
 
@@ -28,7 +29,7 @@ async def serve_control(path: Path, handlers: dict[str, Handler]) -> asyncio.Ser
     async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while line := await reader.readline():
-                writer.write(json.dumps(_answer(line, handlers)).encode() + b"\n")
+                writer.write(json.dumps(await _answer(line, handlers)).encode() + b"\n")
                 await writer.drain()
         except (ConnectionError, ValueError) as exc:
             log.warning("control client dropped: %s", exc)
@@ -42,7 +43,7 @@ async def serve_control(path: Path, handlers: dict[str, Handler]) -> asyncio.Ser
     return server
 
 
-def _answer(line: bytes, handlers: dict[str, Handler]) -> dict[str, Any]:
+async def _answer(line: bytes, handlers: dict[str, Handler]) -> dict[str, Any]:
     try:
         request = json.loads(line)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -56,8 +57,11 @@ def _answer(line: bytes, handlers: dict[str, Handler]) -> dict[str, Any]:
             "error": f"unknown op {request.get('op')!r}; known: {sorted(handlers)}",
         }
     try:
-        return {"ok": True, **handler(request)}
-    except (KeyError, ValueError, TypeError) as exc:
+        result = handler(request)
+        if inspect.isawaitable(result):
+            result = await result
+        return {"ok": True, **result}
+    except (KeyError, ValueError, TypeError, TimeoutError) as exc:
         return {"ok": False, "error": str(exc)}
 
 

@@ -2,6 +2,7 @@
 
     hvds-vdsa run --config /etc/hvds/vdsa.toml      # source and target roles
     hvds-vdsa checkpoint --control SOCK --vpg NAME [--tag T] [--description D]
+    hvds-vdsa coordinate --control SOCK [--control SOCK...] --vpg NAME [--every SECONDS]
     hvds-vdsa checkpoints --control SOCK --vpg NAME
     hvds-vdsa status --control SOCK
     hvds-vdsa analyze IMAGE                          # partitions, file systems, OS
@@ -20,6 +21,7 @@ import json
 import logging
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ from hvds.pki import CertificateAuthority
 from hvds.settings import ConfigError
 from hvds.vdsa.config import VdsaConfig, load_config
 from hvds.vdsa.control import request
+from hvds.vdsa.coordinator import coordinated_checkpoint
 from hvds.vdsa.image_sink import ImageSink
 from hvds.vdsa.receiver import serve_taps
 from hvds.vdsa.service import VdsaService
@@ -63,10 +66,7 @@ async def run_service(config: VdsaConfig) -> None:
     await service.stop()
 
 
-def main(argv: list[str] | None = None) -> int:
-    arguments = sys.argv[1:] if argv is None else argv
-    if arguments[:1] == ["analyze"]:
-        return analyzer_main(arguments[1:])  # its own options: hvds-vdsa analyze --help
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hvds-vdsa", description=__doc__.splitlines()[0])
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -77,6 +77,16 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint.add_argument("--vpg", required=True)
     checkpoint.add_argument("--tag", default="")
     checkpoint.add_argument("--description", default="")
+    coordinate = commands.add_parser(
+        "coordinate", help="take checkpoints of a VPG spread over hosts (the barrier)"
+    )
+    coordinate.add_argument(
+        "--control", type=Path, action="append", required=True, help="each source VDSA's socket"
+    )
+    coordinate.add_argument("--vpg", required=True)
+    coordinate.add_argument("--tag", default="")
+    coordinate.add_argument("--description", default="")
+    coordinate.add_argument("--every", type=float, help="keep taking one every N seconds")
     listing = commands.add_parser("checkpoints", help="list a replicated VPG's checkpoints")
     listing.add_argument("--control", type=Path, required=True, help="control socket")
     listing.add_argument("--vpg", required=True)
@@ -94,6 +104,14 @@ def main(argv: list[str] | None = None) -> int:
         "--discard", action="store_true", help="check and acknowledge copies, keep no replica"
     )
     sink.add_argument("--record", type=Path, help="append a JSON line per frame to this file")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = sys.argv[1:] if argv is None else argv
+    if arguments[:1] == ["analyze"]:
+        return analyzer_main(arguments[1:])  # its own options: hvds-vdsa analyze --help
+    parser = _parser()
     args = parser.parse_args(arguments)
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s"
@@ -106,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
             "description": args.description,
         }
         return _print_answer(request(args.control, message))
+    if args.command == "coordinate":
+        return _coordinate(args)
     if args.command == "checkpoints":
         return _print_answer(request(args.control, {"op": "checkpoints", "vpg": args.vpg}))
     if args.command == "status":
@@ -126,6 +146,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     uvloop.run(run_service(config))
     return 0
+
+
+def _coordinate(args: argparse.Namespace) -> int:
+    while True:
+        taken = coordinated_checkpoint(args.control, args.vpg, args.tag, args.description)
+        if args.every is None:
+            print(json.dumps({"ok": taken, "taken": taken}))
+            return 0 if taken else 1
+        time.sleep(args.every)
 
 
 def _print_answer(answer: dict[str, Any]) -> int:

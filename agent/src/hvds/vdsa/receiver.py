@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import struct
 from pathlib import Path
 from typing import Protocol, cast
 
@@ -25,6 +26,10 @@ class Tap(Protocol):
     def acknowledge(self, seq: int) -> None: ...
 
     def request_full_sync(self, export: int) -> None: ...
+
+    def hold(self, cut: int, exports: list[int]) -> None: ...
+
+    def release(self, cut: int) -> None: ...
 
     def pause_reading(self) -> None: ...
 
@@ -81,6 +86,16 @@ class TapConnection(asyncio.Protocol):
         """Ask the tap to send every block of ``export`` again (a target starts empty)."""
         if self._transport is not None:
             self._transport.write(encode_header(FrameType.FULL_SYNC, 0, export))
+
+    def hold(self, cut: int, exports: list[int]) -> None:
+        """Checkpoint barrier, phase one: the tap holds these exports' answers, marks the cut."""
+        if self._transport is not None:
+            payload = struct.pack(f">{len(exports)}I", *exports)
+            self._transport.write(encode_header(FrameType.HOLD, 0, 0, cut, len(payload)) + payload)
+
+    def release(self, cut: int) -> None:
+        if self._transport is not None:
+            self._transport.write(encode_header(FrameType.RELEASE, 0, 0, cut))
 
     def pause_reading(self) -> None:
         if self._transport is not None:

@@ -10,7 +10,7 @@ from prometheus_client import REGISTRY, start_http_server
 
 from hvds.tls import client_context, server_context
 from hvds.vdsa.config import VdsaConfig
-from hvds.vdsa.control import serve_control
+from hvds.vdsa.control import Handler, serve_control
 from hvds.vdsa.metrics import VdsaCollector
 from hvds.vdsa.receiver import serve_taps
 from hvds.vdsa.source import SourceRouter, VpgSource
@@ -34,8 +34,12 @@ class VdsaService:
             assert config.tls is not None and settings.listen is not None
             assert settings.journal_dir is not None
             for replica in config.target_vpg:
-                journal = await asyncio.to_thread(open_journal, replica, settings.journal_dir)
-                self.targets[replica.name] = TargetVpgState(replica, journal, usage=journal.usage())
+                for source_id in replica.sources:
+                    journal = await asyncio.to_thread(
+                        open_journal, replica, settings.journal_dir, source_id
+                    )
+                    state = TargetVpgState(replica, source_id, journal, usage=journal.usage())
+                    self.targets[state.label] = state
             target = TargetServer(self.targets)
             server = await asyncio.start_server(
                 target.handle,
@@ -61,9 +65,11 @@ class VdsaService:
             REGISTRY.register(VdsaCollector(self))
             start_http_server(settings.metrics.port, settings.metrics.host)
         if settings.control_socket is not None:
-            handlers = {
+            handlers: dict[str, Handler] = {
                 "checkpoint": self._checkpoint,
                 "checkpoints": self._checkpoints,
+                "hold": self._hold,
+                "release": self._release,
                 "status": self._status,
             }
             self._servers.append(await serve_control(settings.control_socket, handlers))
@@ -80,25 +86,57 @@ class VdsaService:
                 state.journal.close()
 
     def _checkpoint(self, request: dict[str, Any]) -> dict[str, Any]:
-        name = str(request["vpg"])
-        source = next((s for s in self.sources if s.name == name), None)
-        if source is None:
-            raise KeyError(f"no VPG {name!r} is protected from this host")
+        source = self._source(request)
         taken = source.checkpoint(str(request.get("tag", "")), str(request.get("description", "")))
         return {"taken": taken, "consistent": source.consistent}
 
     def _checkpoints(self, request: dict[str, Any]) -> dict[str, Any]:
+        """A replicated VPG's checkpoints. A VPG fed by several hosts has one journal per host;
+        its checkpoints are the cuts every one of them holds (matched by the cut's time)."""
         name = str(request["vpg"])
-        state = self.targets.get(name)
-        if state is None:
+        parts = [state for state in self.targets.values() if state.config.name == name]
+        if not parts:
             raise KeyError(f"no VPG {name!r} is replicated to this host")
-        return {
-            "checkpoints": [
-                {"id": c.id, "seq": c.seq, "time_ns": c.time_ns, "tag": c.tag,
-                 "description": c.description}
-                for c in state.journal.checkpoints()
-            ]
-        }  # fmt: skip
+        listed = [{c.time_ns: c for c in state.journal.checkpoints()} for state in parts]
+        common = sorted(set.intersection(*(set(times) for times in listed)))
+        checkpoints = []
+        for time_ns in common:
+            first = listed[0][time_ns]
+            entry: dict[str, Any] = {
+                "time_ns": time_ns,
+                "tag": first.tag,
+                "description": first.description,
+            }
+            if len(parts) == 1:
+                entry.update(id=first.id, seq=first.seq)
+            else:
+                entry["parts"] = {
+                    state.source: {"id": got[time_ns].id, "seq": got[time_ns].seq}
+                    for state, got in zip(parts, listed, strict=True)
+                }
+            checkpoints.append(entry)
+        return {"checkpoints": checkpoints}
+
+    def _source(self, request: dict[str, Any]) -> VpgSource:
+        name = str(request["vpg"])
+        for source in self.sources:
+            if source.name == name:
+                return source
+        raise KeyError(f"no VPG {name!r} is protected from this host")
+
+    async def _hold(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Phase one of a coordinated checkpoint: hold the VPG's writes here, cut the stream."""
+        source = self._source(request)
+        cut = int(request["cut"])
+        taken = await source.hold(
+            cut, str(request.get("tag", "")), str(request.get("description", ""))
+        )
+        return {"taken": taken}
+
+    def _release(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Phase two: every host has cut; let the held writes complete."""
+        self._source(request).release(int(request["cut"]))
+        return {}
 
     def _status(self, _request: dict[str, Any]) -> dict[str, Any]:
         sources = {

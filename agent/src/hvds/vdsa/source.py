@@ -49,6 +49,8 @@ PROTOCOL_VERSION = 1
 BATCH_BYTES = 1024 * 1024
 DEDUP_CACHE_BYTES = 64 * 1024 * 1024
 _RECONNECT_MIN, _RECONNECT_MAX = 0.1, 5.0
+# Longer than any barrier should take; the taps let go on their own a little later.
+HOLD_TIMEOUT_SECONDS = 0.5
 
 
 @dataclass(eq=False, slots=True)
@@ -75,6 +77,14 @@ class LinkStats:
     checkpoint_time_ns: int = 0
 
 
+@dataclass(eq=False)
+class _PendingCut:
+    remaining: int  # taps whose marker has not arrived yet
+    tag: str
+    description: str
+    done: asyncio.Future[bool]
+
+
 class VpgSource:
     def __init__(
         self, config: SourceVpg, tls: ssl.SSLContext, vdsa_id: str, router: SourceRouter
@@ -91,6 +101,7 @@ class VpgSource:
         self._flows: set[Tap] = set()
         self._paused = False
         self.checkpoints_taken = 0
+        self._cuts: dict[int, _PendingCut] = {}
         self.links = [TargetLink(self, target, tls, vdsa_id) for target in config.targets]
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -149,20 +160,54 @@ class VpgSource:
     def consistent(self) -> bool:
         return not self._resyncing
 
-    def checkpoint(self, tag: str = "", description: str = "") -> bool:
-        """Cut a checkpoint after every item so far; False while a resync makes it impossible."""
+    def checkpoint(self, tag: str = "", description: str = "", time_ns: int = 0) -> bool:
+        """Cut a checkpoint after every item so far; False while a resync makes it impossible.
+
+        ``time_ns`` names the cut: a coordinated checkpoint gets the same one on every host of
+        the VPG, and the target matches the hosts' parts by it."""
         if not self.consistent:
             return False
-        now = time.time_ns()
+        now = time_ns or time.time_ns()
         body = json.dumps({"time_ns": now, "tag": tag, "description": description}).encode()
         self.intake(Item(EntryKind.CHECKPOINT, length=len(body), data=body, time_ns=now))
         self.checkpoints_taken += 1
         return True
 
     async def _checkpoint_timer(self) -> None:
-        while True:
+        while not self.config.coordinated:
             await asyncio.sleep(self.config.checkpoint_interval)
             self.checkpoint()
+
+    # -- coordinated checkpoints (decision 0009) -------------------------------------------
+
+    async def hold(self, cut: int, tag: str, description: str) -> bool:
+        """Barrier phase one: hold the answers to this VPG's writes in the taps and cut the
+        stream where each tap marks it. True once the cut is in the VPG's order."""
+        taps = self._router.taps_of(self)
+        if not taps or not self.consistent:
+            return False
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._cuts[cut] = _PendingCut(len(taps), tag, description, done)
+        for session, exports in taps:
+            session.hold(cut, exports)
+        try:
+            return await asyncio.wait_for(done, HOLD_TIMEOUT_SECONDS)
+        finally:
+            self._cuts.pop(cut, None)
+
+    def marker(self, cut: int) -> None:
+        """A tap marked the cut in its stream: everything before it belongs to the cut."""
+        pending = self._cuts.get(cut)
+        if pending is None or pending.done.done():
+            return
+        pending.remaining -= 1
+        if pending.remaining == 0:
+            pending.done.set_result(self.checkpoint(pending.tag, pending.description, cut))
+
+    def release(self, cut: int) -> None:
+        """Barrier phase two: let the held writes complete."""
+        for session, _ in self._router.taps_of(self):
+            session.release(cut)
 
     # -- completion ------------------------------------------------------------------------
 
@@ -397,6 +442,15 @@ class SourceRouter:
         for session in list(self._sessions):
             session.advance()
 
+    def taps_of(self, vpg: VpgSource) -> list[tuple[SourceTapSession, list[int]]]:
+        """The connected taps serving ``vpg``'s disks, each with the export ids it serves."""
+        taps = []
+        for session in self._sessions:
+            exports = session.exports_of(vpg)
+            if exports:
+                taps.append((session, exports))
+        return taps
+
     def dispatch_full_sync(self) -> None:
         for session in list(self._sessions):
             session.ask_full_sync()
@@ -413,7 +467,10 @@ class SourceTapSession(CopySession):
 
     def take(self, frame: Frame) -> None:
         item: Item | None = None
-        if frame.type is FrameType.EXPORT:
+        if frame.type is FrameType.MARKER:
+            for vpg in {place[0] for place in self._exports.values() if place is not None}:
+                vpg.marker(frame.offset)
+        elif frame.type is FrameType.EXPORT:
             name = frame.payload.decode()
             place = self._router.locate(name)
             self._exports[frame.export] = place
@@ -451,6 +508,15 @@ class SourceTapSession(CopySession):
 
     def batch_done(self) -> None:
         self.advance()
+
+    def exports_of(self, vpg: VpgSource) -> list[int]:
+        return [e for e, place in self._exports.items() if place is not None and place[0] is vpg]
+
+    def hold(self, cut: int, exports: list[int]) -> None:
+        self._tap.hold(cut, exports)
+
+    def release(self, cut: int) -> None:
+        self._tap.release(cut)
 
     def ask_full_sync(self) -> None:
         """Ask this tap for a full sync of its disks whose VPG wants one."""

@@ -38,19 +38,31 @@ MAX_DEDUP_CACHE_BYTES = 256 * 1024 * 1024
 
 @dataclass(eq=False)
 class TargetVpgState:
+    """One journal of a VPG: the whole VPG, or the disks of one of its source hosts."""
+
     config: TargetVpg
+    source: str
     journal: Journal
     session: asyncio.Task[None] | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     # Taken after each batch, in the worker thread: readers elsewhere never touch the journal.
     usage: JournalUsage | None = None
 
+    @property
+    def label(self) -> str:
+        return journal_label(self.config.name, self.source)
 
-def open_journal(config: TargetVpg, journal_dir: Path) -> Journal:
-    disks = [DiskSpec(d.disk, d.name, d.size, d.mirror) for d in config.disks]
+
+def journal_label(vpg: str, source: str) -> str:
+    return f"{vpg}/{source}" if source else vpg
+
+
+def open_journal(config: TargetVpg, journal_dir: Path, source: str = "") -> Journal:
+    """The journal of a VPG's disks from ``source`` (all its disks for a one-host VPG)."""
+    disks = [DiskSpec(d.disk, d.name, d.size, d.mirror) for d in config.disks if d.source == source]
     for disk in disks:
         disk.mirror.parent.mkdir(parents=True, exist_ok=True)
-    directory = journal_dir / config.name
+    directory = journal_dir / journal_label(config.name, source)
     directory.mkdir(parents=True, exist_ok=True)
     return Journal(
         directory,
@@ -86,12 +98,13 @@ class TargetServer:
         if hello.type is not FrameType.HELLO:
             raise ReplicationProtocolError(f"expected HELLO, got {hello.type.name}")
         info = parse_json(hello.payload)
-        vpg = self.vpgs.get(str(info.get("vpg")))
+        name, source = str(info.get("vpg")), str(info.get("source"))
+        vpg = self.vpgs.get(journal_label(name, source)) or self.vpgs.get(name)
         if vpg is None:
-            raise ReplicationProtocolError(f"no VPG {info.get('vpg')!r} is replicated here")
+            raise ReplicationProtocolError(f"no VPG {name!r} from {source!r} is replicated here")
         current = asyncio.current_task()
         if vpg.session is not None and vpg.session is not current:
-            log.info("%s: a new source connection replaces the previous one", vpg.config.name)
+            log.info("%s: a new source connection replaces the previous one", vpg.label)
             vpg.session.cancel()
         vpg.session = current
         async with vpg.lock:  # the replaced session finishes its batch first
@@ -126,7 +139,7 @@ class BatchApplier:
     def __init__(self, vpg: TargetVpgState, cache: BlockCache) -> None:
         self._vpg = vpg
         self._journal = vpg.journal
-        self._disk_sizes = {d.disk: d.size for d in vpg.config.disks}
+        self._disk_sizes = {d.disk: d.size for d in vpg.config.disks if d.source == vpg.source}
         self._cache = cache
 
     def apply(self, entries: list[Entry]) -> int:
