@@ -286,9 +286,18 @@ class Stacks:
                 raise BenchError(f"{name} exited with status {status}:\n{tail}")
 
     def stop(self) -> None:
-        for stop in (self.off.stop, self.on.stop, self.source.stop, self.target.stop):
+        """The taps first, then the source and the target; SIGTERM, SIGKILL after 10 s."""
+        took = []
+        for name, stop in zip(
+            self.services(),
+            (self.off.stop, self.on.stop, self.source.stop, self.target.stop),
+            strict=True,
+        ):
+            start = time.monotonic()
             with contextlib.suppress(Exception):
                 stop()
+            took.append(f"{name} {time.monotonic() - start:.1f} s")
+        log("stopped: " + ", ".join(took))
         # Whatever did not stop (a failed start, a hung stop): its whole process group.
         for service in self.services().values():
             if service is not None:
@@ -611,20 +620,59 @@ def bench(args: argparse.Namespace, run: Run) -> None:
         log("tagged checkpoint and sha256 of the source disk and the target mirror")
         run.integrity = check_mirror(stacks)
     finally:
-        if stacks is not None:
-            logs = {
-                name: (service.log_path, len(log_lines(service.log_path)))
-                for name, service in stacks.services().items()
-                if service is not None
-            }
-            stacks.stop()
-            run.logs = [scan_log(name, path, lines) for name, (path, lines) in logs.items()]
+        # A second Ctrl-C must not cut the clean-up short.
+        handlers = {
+            sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)
+        }
+        try:
+            if stacks is not None:
+                logs = {
+                    name: (service.log_path, len(log_lines(service.log_path)))
+                    for name, service in stacks.services().items()
+                    if service is not None
+                }
+                stacks.stop()
+                run.logs = [scan_log(name, path, lines) for name, (path, lines) in logs.items()]
+            stop_children()
             if args.keep:
                 log(f"kept {workdir}")
             else:
                 shutil.rmtree(workdir, ignore_errors=True)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+        finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+
+
+def child_pids() -> list[int]:
+    """This process's children still running (not zombies)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                stat = (entry / "stat").read_text()
+                state, ppid = stat[stat.rindex(")") + 2 :].split()[:2]
+                if int(ppid) == os.getpid() and state != "Z":
+                    pids.append(int(entry.name))
+    return pids
+
+
+def stop_children() -> None:
+    """Stop any child still running, e.g. a service whose start was interrupted before the
+    harness kept hold of it: SIGTERM to its process group, SIGKILL after 10 s."""
+    for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+        pids = child_pids()
+        for pid in pids:
+            log(f"stopping leftover child process {pid}")
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                if os.getpgid(pid) == pid:
+                    os.killpg(pid, sig)
+                else:
+                    os.kill(pid, sig)
+        deadline = time.monotonic() + wait
+        while child_pids() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    for pid in child_pids():
+        log(f"child process {pid} did not stop")
 
 
 def check_mirror(stacks: Stacks) -> Integrity:

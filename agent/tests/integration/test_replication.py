@@ -349,3 +349,49 @@ def test_a_vdsa_with_another_sites_certificate_is_refused(sites: Sites) -> None:
     assert sites.vdsa_b.status()["targets"]["vpg1"]["last_seq"] == 0
     log = (sites.vdsa_a.root / "vdsa.log").read_text()
     assert "CERTIFICATE_VERIFY_FAILED" in log or "certificate" in log.lower(), log[-2000:]
+
+
+def test_full_journal_raises_the_alert_keeps_the_checkpoint_and_recovers(sites: Sites) -> None:
+    sites.protect({"vm1-disk0": 256 * MiB}, max_unacknowledged_bytes=16 * MiB)
+    sites.vdsa_b.target_vpgs[0]["journal_size_limit"] = 64 * MiB
+    sites.start()
+    uri = sites.host_a.uri("vm1-disk0")
+    qemu_io(uri, "write -P 0x5a 0 4M")
+    sites.tagged_checkpoint("before")
+    mirror = sites.vdsa_b.mirror("vm1-disk0")
+    before = sha256_file(mirror)
+
+    # The source VDSA is down while the VM writes 160 MiB: when it is back, the tap resends
+    # them out of order, and no checkpoint can be cut until they are all in: more than the
+    # journal holds.
+    assert sites.vdsa_a.service is not None
+    sites.vdsa_a.service.kill()
+    data = sites.host_a.root / "random.bin"
+    data.write_bytes(os.urandom(160 * MiB))
+    subprocess.run(["nbdcopy", str(data), f"{uri}"], check=True)
+    sites.vdsa_a.start()
+    sites.host_a.wait_for(
+        lambda: sites.vdsa_b.metric("hvds_vdsa_journal_full", vpg="vpg1") == 1,
+        timeout=60,
+        what="the journal-full alert at the target",
+    )
+    sites.host_a.wait_for(
+        lambda: (
+            sites.vdsa_a.metric("hvds_vdsa_target_journal_full", vpg="vpg1", target="vdsa-b1") == 1
+        ),
+        what="the source to see it",
+    )
+    assert sites.host_a.metric("hvds_tap_dirty_bytes", "vm1-disk0") > 0  # the bitmap holds it
+    assert sha256_file(mirror) == before  # the last consistent checkpoint, untouched
+
+    # Room for it (a bigger journal): the resync completes and the mirror catches up.
+    sites.vdsa_b.stop()
+    sites.vdsa_b.target_vpgs[0]["journal_size_limit"] = 1024 * MiB
+    sites.vdsa_b.start()
+    sites.host_a.wait_for(
+        lambda: sites.vdsa_a.status()["sources"]["vpg1"]["consistent"], timeout=120,
+        what="the resync to finish",
+    )  # fmt: skip
+    sites.tagged_checkpoint("after")
+    assert sha256_file(mirror) == sha256_file(sites.host_a.exports["vm1-disk0"])
+    assert sites.vdsa_b.metric("hvds_vdsa_journal_full", vpg="vpg1") == 0

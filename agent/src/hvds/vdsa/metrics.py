@@ -46,6 +46,11 @@ class VdsaCollector(Collector):
         held = GaugeMetricFamily(
             "hvds_vdsa_held_bytes", "Write data held until every target has it", labels=["vpg"]
         )
+        journal_full = GaugeMetricFamily(
+            "hvds_vdsa_target_journal_full",
+            "1 while the target refuses writes because its journal is full",
+            labels=link_labels,
+        )
         consistent = GaugeMetricFamily(
             "hvds_vdsa_vpg_consistent",
             "0 while a resync keeps the VPG from taking checkpoints",
@@ -62,10 +67,12 @@ class VdsaCollector(Collector):
                 written.add_metric(labels, stats.bytes_in)
                 deduplicated.add_metric(labels, stats.bytes_deduplicated)
                 wire.add_metric(labels, stats.bytes_on_wire)
+                journal_full.add_metric(labels, int(stats.target_journal_full))
             checkpoints.add_metric([source.name], source.checkpoints_taken)
             held.add_metric([source.name], source.held_bytes)
             consistent.add_metric([source.name], int(source.consistent))
-        yield from (rpo, up, written, deduplicated, wire, checkpoints, held, consistent)
+        yield from (rpo, up, written, deduplicated, wire, journal_full, checkpoints, held)
+        yield consistent
 
     def _target(self) -> Iterator[Metric]:
         used = GaugeMetricFamily("hvds_vdsa_journal_bytes", "Journal space in use", labels=["vpg"])
@@ -79,6 +86,9 @@ class VdsaCollector(Collector):
         )
         kept = GaugeMetricFamily(
             "hvds_vdsa_journal_checkpoints", "Checkpoints that can be recovered", labels=["vpg"]
+        )
+        full = GaugeMetricFamily(
+            "hvds_vdsa_journal_full", "1 while the journal refuses writes (alert)", labels=["vpg"]
         )
         history = GaugeMetricFamily(
             "hvds_vdsa_journal_history_seconds",
@@ -94,6 +104,7 @@ class VdsaCollector(Collector):
             limit.add_metric([name], usage.size_limit)
             pending.add_metric([name], usage.pending_redo_bytes)
             kept.add_metric([name], usage.checkpoints)
+            full.add_metric([name], int(state.journal_full))
             if usage.oldest_checkpoint_time_ns:
                 history.add_metric([name], (now - usage.oldest_checkpoint_time_ns) / 1e9)
-        yield from (used, limit, pending, kept, history)
+        yield from (used, limit, pending, kept, full, history)

@@ -75,6 +75,7 @@ class LinkStats:
     connected: bool = False
     # When the newest checkpoint the target has made durable was cut: the RPO is now minus it.
     checkpoint_time_ns: int = 0
+    target_journal_full: bool = False
 
 
 @dataclass(eq=False)
@@ -273,6 +274,8 @@ class TargetLink:
             ) as exc:
                 log.warning("%s -> %s: %s", self.vpg.name, self.target.server_name, exc)
             self.stats.connected = False
+            if self.stats.target_journal_full:
+                delay = _RECONNECT_MAX
             await asyncio.sleep(delay)
             delay = min(delay * 2, _RECONNECT_MAX)
 
@@ -300,6 +303,7 @@ class TargetLink:
             if resume.get("fresh"):
                 self.vpg.start_full_sync()
             self.stats.connected = True
+            self.stats.target_journal_full = False
             log.info(
                 "%s -> %s: connected, resuming at sequence %d",
                 self.vpg.name,
@@ -340,8 +344,11 @@ class TargetLink:
             if received.type is ReplFrame.ACK:
                 self._acknowledge(parse_ack(received.payload))
             elif received.type is ReplFrame.ERROR:
-                error = parse_json(received.payload).get("error")
-                raise ReplicationProtocolError(f"target refused: {error}")
+                refusal = parse_json(received.payload)
+                # A full journal at the target: keep holding (then the taps keep their bitmaps)
+                # and try again less eagerly; the target's mirror stays at its last checkpoint.
+                self.stats.target_journal_full = bool(refusal.get("journal_full"))
+                raise ReplicationProtocolError(f"target refused: {refusal.get('error')}")
             else:
                 raise ReplicationProtocolError(f"unexpected {received.type.name} frame")
 

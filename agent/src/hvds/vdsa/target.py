@@ -47,6 +47,8 @@ class TargetVpgState:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     # Taken after each batch, in the worker thread: readers elsewhere never touch the journal.
     usage: JournalUsage | None = None
+    # The last batch did not fit: the source is refused until the journal has room (alert).
+    journal_full: bool = False
 
     @property
     def label(self) -> str:
@@ -80,7 +82,13 @@ class TargetServer:
         peer = writer.get_extra_info("peername")
         try:
             await self._session(reader, writer)
-        except (ReplicationProtocolError, JournalFull, ValueError) as exc:
+        except JournalFull as exc:
+            log.error("source %s: journal full, refusing further writes: %s", peer, exc)
+            with contextlib.suppress(Exception):
+                message = {"error": f"journal full: {exc}", "journal_full": True}
+                writer.write(json_frame(FrameType.ERROR, message))
+                await writer.drain()
+        except (ReplicationProtocolError, ValueError) as exc:
             log.error("source %s: %s", peer, exc)
             with contextlib.suppress(Exception):
                 writer.write(json_frame(FrameType.ERROR, {"error": str(exc)}))
@@ -143,25 +151,34 @@ class BatchApplier:
         self._cache = cache
 
     def apply(self, entries: list[Entry]) -> int:
+        """Journal a batch; the highest durable sequence after it. Whatever part of the batch
+        went in is committed even when the rest fails (a full journal, a bad entry), so that the
+        source resumes exactly after it."""
         journal = self._journal
         records: list[JournalWrite | JournalZero] = []
-        for entry in entries:
-            if entry.kind is EntryKind.CHECKPOINT:
-                journal.append(records)
-                records = []
-                info = entry.checkpoint_info()
-                journal.checkpoint(
-                    tag=str(info.get("tag", "")),
-                    description=str(info.get("description", "")),
-                    time_ns=int(info["time_ns"]),
-                    seq=entry.seq,
-                )
-                journal.reclaim()  # history past the retention window or the size limit
-            else:
-                records.append(self._record(entry))
-        journal.append(records)
-        journal.commit()
-        self._vpg.usage = journal.usage()
+        try:
+            for entry in entries:
+                if entry.kind is EntryKind.CHECKPOINT:
+                    journal.append(records)
+                    records = []
+                    info = entry.checkpoint_info()
+                    journal.checkpoint(
+                        tag=str(info.get("tag", "")),
+                        description=str(info.get("description", "")),
+                        time_ns=int(info["time_ns"]),
+                        seq=entry.seq,
+                    )
+                    journal.reclaim()  # history past the retention window or the size limit
+                else:
+                    records.append(self._record(entry))
+            journal.append(records)
+            self._vpg.journal_full = False
+        except JournalFull:
+            self._vpg.journal_full = True
+            raise
+        finally:
+            journal.commit()
+            self._vpg.usage = journal.usage()
         return journal.last_seq
 
     def _record(self, entry: Entry) -> JournalWrite | JournalZero:
