@@ -13,7 +13,8 @@ from hvds.vdsa.config import VdsaConfig
 from hvds.vdsa.control import Handler, serve_control
 from hvds.vdsa.metrics import VdsaCollector
 from hvds.vdsa.receiver import serve_taps
-from hvds.vdsa.source import SourceRouter, VpgSource
+from hvds.vdsa.source import VpgSource
+from hvds.vdsa.source_taps import SourceRouter
 from hvds.vdsa.target import TargetServer, TargetVpgState, open_journal
 
 log = logging.getLogger(__name__)
