@@ -21,7 +21,7 @@ class JournalWrite:
     seq: int
     disk: int
     offset: int
-    data: bytes
+    data: bytes | bytearray
 
 
 @dataclass(frozen=True)

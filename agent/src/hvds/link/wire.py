@@ -61,7 +61,7 @@ class Frame:
     offset: int = 0
     length: int = 0
     flags: FrameFlag = FrameFlag.NONE
-    payload: bytes = b""
+    payload: bytes | bytearray = b""  # a bytearray when read straight into its own buffer
 
 
 def encode_header(
@@ -88,8 +88,18 @@ class FrameDecoder:
         self._splitter = FrameSplitter(HEADER, _payload_length)
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
+        return self._frames(self._splitter.feed(data))
+
+    def get_buffer(self, sizehint: int = -1) -> memoryview:
+        return self._splitter.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> list[Frame]:
+        return self._frames(self._splitter.buffer_updated(nbytes))
+
+    @staticmethod
+    def _frames(split: list[tuple[tuple[Any, ...], bytes | bytearray]]) -> list[Frame]:
         frames = []
-        for (_, kind, flags, _, seq, export, offset, length), payload in self._splitter.feed(data):
+        for (_, kind, flags, _, seq, export, offset, length), payload in split:
             frames.append(
                 Frame(FrameType(kind), seq, export, offset, length, FrameFlag(flags), payload)
             )

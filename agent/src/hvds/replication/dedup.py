@@ -19,27 +19,27 @@ import xxhash
 MIN_DEDUP_BYTES = 4096
 
 
-def block_hash(data: bytes) -> bytes:
+def block_hash(data: bytes | bytearray) -> bytes:
     return xxhash.xxh3_128_digest(data)
 
 
 class BlockCache:
     def __init__(self, capacity_bytes: int) -> None:
         self.capacity_bytes = capacity_bytes
-        self._blocks: OrderedDict[bytes, bytes] = OrderedDict()
+        self._blocks: OrderedDict[bytes, bytes | bytearray] = OrderedDict()
         self._bytes = 0
 
     def __len__(self) -> int:
         return len(self._blocks)
 
-    def get(self, digest: bytes) -> bytes | None:
+    def get(self, digest: bytes) -> bytes | bytearray | None:
         """The data for ``digest``, marked as just used; None if not held."""
         data = self._blocks.get(digest)
         if data is not None:
             self._blocks.move_to_end(digest)
         return data
 
-    def put(self, digest: bytes, data: bytes) -> None:
+    def put(self, digest: bytes, data: bytes | bytearray) -> None:
         if len(data) > self.capacity_bytes or digest in self._blocks:
             return
         self._blocks[digest] = data

@@ -62,7 +62,7 @@ class ReplicationProtocolError(Exception):
 class Frame:
     type: FrameType
     flags: FrameFlag
-    payload: bytes
+    payload: bytes | bytearray
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +72,7 @@ class Entry:
     disk: int = 0
     offset: int = 0
     length: int = 0
-    body: bytes = b""  # data (WRITE), hash (REF), JSON (CHECKPOINT)
+    body: bytes | bytearray = b""  # data (WRITE), hash (REF), JSON (CHECKPOINT)
 
     def checkpoint_info(self) -> dict[str, Any]:
         info = json.loads(self.body)
@@ -93,13 +93,13 @@ def ack_frame(seq: int) -> bytes:
     return frame(FrameType.ACK, struct.pack(">Q", seq))
 
 
-def parse_ack(payload: bytes) -> int:
+def parse_ack(payload: bytes | bytearray) -> int:
     if len(payload) != 8:
         raise ReplicationProtocolError("ACK payload must be 8 bytes")
     return int(struct.unpack(">Q", payload)[0])
 
 
-def parse_json(payload: bytes) -> dict[str, Any]:
+def parse_json(payload: bytes | bytearray) -> dict[str, Any]:
     try:
         value = json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -110,7 +110,7 @@ def parse_json(payload: bytes) -> dict[str, Any]:
 
 
 def encode_entries(entries: Iterable[Entry]) -> bytes:
-    parts: list[bytes] = []
+    parts: list[bytes | bytearray] = []
     for entry in entries:
         parts.append(
             ENTRY_HEADER.pack(entry.kind, entry.seq, entry.disk, entry.offset, entry.length)
@@ -127,7 +127,7 @@ def _body_size(kind: EntryKind, length: int) -> int:
     return 0
 
 
-def decode_entries(data: bytes) -> list[Entry]:
+def decode_entries(data: bytes | bytearray) -> list[Entry]:
     entries: list[Entry] = []
     pos = 0
     view = memoryview(data)

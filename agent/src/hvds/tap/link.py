@@ -150,7 +150,7 @@ class VdsaLink(asyncio.Protocol):
         export.tracker.copy_lost(range(export.tracker.bitmap.blocks))
         self._resync_wanted.set()
 
-    def _hold(self, cut: int, payload: bytes) -> None:
+    def _hold(self, cut: int, payload: bytes | bytearray) -> None:
         """Hold the answers of the listed exports, then mark the cut in the stream."""
         ids = set(struct.unpack(f">{len(payload) // 4}I", payload[: len(payload) // 4 * 4]))
         for export in self._exports:

@@ -50,7 +50,7 @@ class CopyConsumer(Protocol):
     def open_session(self, peer: str, tap: Tap) -> CopySession: ...
 
 
-class TapConnection(asyncio.Protocol):
+class TapConnection(asyncio.BufferedProtocol):
     def __init__(self, consumer: CopyConsumer) -> None:
         self._consumer = consumer
         self._decoder = FrameDecoder()
@@ -63,10 +63,13 @@ class TapConnection(asyncio.Protocol):
         # uvloop's transports implement asyncio.Transport without inheriting from it.
         self._transport = cast(asyncio.Transport, transport)
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._decoder.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
         assert self._transport is not None
         try:
-            frames = self._decoder.feed(data)
+            frames = self._decoder.buffer_updated(nbytes)
             for frame in frames:
                 self._take(frame)
         except (LinkProtocolError, OSError, ValueError) as exc:

@@ -49,7 +49,7 @@ class Item:
     disk: int = 0
     offset: int = 0
     length: int = 0
-    data: bytes = b""  # WRITE: the data; CHECKPOINT: JSON
+    data: bytes | bytearray = b""  # WRITE: the data; CHECKPOINT: JSON
     done: bool = False
     time_ns: int = 0  # CHECKPOINT: when the cut was taken
 

@@ -190,7 +190,7 @@ class BatchApplier:
         if entry.kind is EntryKind.ZERO:
             return JournalZero(entry.seq, entry.disk, entry.offset, entry.length)
         if entry.kind is EntryKind.REF:
-            data = self._cache.get(entry.body)
+            data = self._cache.get(bytes(entry.body))
             if data is None:
                 raise ReplicationProtocolError(f"reference to a block not held (seq {entry.seq})")
             if len(data) != entry.length:
