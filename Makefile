@@ -27,3 +27,4 @@ demo: setup
 
 bench: setup
 	$(PY) bench/tap_bench.py
+	$(PY) bench/replication_bench.py

@@ -116,6 +116,12 @@ DATA = (
         "50% duplicate blocks (--dedupe_percentage=50)",
         ("--refill_buffers", "--dedupe_percentage=50"),
     ),
+    # A load the pipeline can sustain on its one core: the RPO of a site that is not saturated.
+    Data(
+        "paced",
+        "incompressible, paced at 20 MB/s (--rate=20m)",
+        ("--refill_buffers", "--rate=20m"),
+    ),
 )
 DATA_BY_NAME = {d.name: d for d in DATA}
 
