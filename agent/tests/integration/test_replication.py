@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,6 +18,18 @@ import pytest
 from harness import Lab, TcpProxy, Vdsa, sha256_file
 
 from hvds.pki import CertificateAuthority
+from hvds.replication.wire import (
+    Entry,
+    EntryKind,
+    Frame,
+    FrameReader,
+    FrameType,
+    encode_entries,
+    frame,
+    json_frame,
+    parse_json,
+)
+from hvds.tls import client_context
 from hvds.vdsa.config import TargetVpg
 from hvds.vdsa.target import open_journal
 
@@ -395,3 +408,56 @@ def test_full_journal_raises_the_alert_keeps_the_checkpoint_and_recovers(sites: 
     sites.tagged_checkpoint("after")
     assert sha256_file(mirror) == sha256_file(sites.host_a.exports["vm1-disk0"])
     assert sites.vdsa_b.metric("hvds_vdsa_journal_full", vpg="vpg1") == 0
+
+
+def test_a_lying_source_gets_a_clear_refusal_and_the_journal_loses_nothing(sites: Sites) -> None:
+    sites.protect({"vm1-disk0": 16 * MiB})
+    sites.start()
+    qemu_io(sites.host_a.uri("vm1-disk0"), "write -P 0x77 0 2M")
+    sites.tagged_checkpoint("before")
+    durable = sites.target_status()["last_seq"]
+
+    # Another VDSA of the deployment (a valid certificate) that sends nonsense.
+    liar = sites.ca.issue("vdsa-liar")
+    context = client_context(liar)
+    port = sites.vdsa_b.listen_port
+    lies = [
+        encode_entries([Entry(EntryKind.WRITE, durable + 1, 99, 0, 3, b"abc")]),  # no disk 99
+        encode_entries([Entry(EntryKind.WRITE, durable + 1, 1, 16 * MiB, 3, b"abc")]),  # past end
+        encode_entries([Entry(EntryKind.REF, durable + 1, 1, 0, 4096, b"\x00" * 16)]),  # no block
+        b"\x01\x02garbage",
+    ]
+    for lie in lies:
+        with (
+            socket.create_connection(("127.0.0.1", port)) as raw,
+            context.wrap_socket(raw, server_hostname="vdsa-b1") as tls,
+        ):
+            tls.sendall(json_frame(FrameType.HELLO, {"vpg": "vpg1", "source": "vdsa-liar"}))
+            reader = FrameReader()
+            frames: list[Frame] = []
+            while len(frames) < 2:
+                data = tls.recv(65536)
+                if not data:
+                    break
+                frames += reader.feed(data)
+                if frames and frames[0].type is FrameType.WELCOME and len(frames) == 1:
+                    tls.sendall(frame(FrameType.BATCH, lie))
+            assert [f.type for f in frames] == [FrameType.WELCOME, FrameType.ERROR], frames
+            assert parse_json(frames[1].payload)["error"]
+
+    # Nor may it speak for another host.
+    with (
+        socket.create_connection(("127.0.0.1", port)) as raw,
+        context.wrap_socket(raw, server_hostname="vdsa-b1") as tls,
+    ):
+        tls.sendall(json_frame(FrameType.HELLO, {"vpg": "vpg1", "source": "vdsa-a1"}))
+        refusal = FrameReader().feed(tls.recv(65536))
+        assert [f.type for f in refusal] == [FrameType.ERROR]
+        assert "certificate" in parse_json(refusal[0].payload)["error"]
+
+    # The real source takes over again; nothing of the lies reached the journal.
+    qemu_io(sites.host_a.uri("vm1-disk0"), "write -P 0x78 4M 1M")
+    sites.tagged_checkpoint("after")
+    assert sha256_file(sites.vdsa_b.mirror("vm1-disk0")) == sha256_file(
+        sites.host_a.exports["vm1-disk0"]
+    )

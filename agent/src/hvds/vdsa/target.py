@@ -107,6 +107,12 @@ class TargetServer:
             raise ReplicationProtocolError(f"expected HELLO, got {hello.type.name}")
         info = parse_json(hello.payload)
         name, source = str(info.get("vpg")), str(info.get("source"))
+        certified = _certificate_name(writer.get_extra_info("peercert"))
+        if source != certified:
+            # A VDSA speaks for itself only: its HELLO must name the host its certificate names.
+            raise ReplicationProtocolError(
+                f"source {source!r} presents the certificate of {certified!r}"
+            )
         vpg = self.vpgs.get(journal_label(name, source)) or self.vpgs.get(name)
         if vpg is None:
             raise ReplicationProtocolError(f"no VPG {name!r} from {source!r} is replicated here")
@@ -139,6 +145,17 @@ class TargetServer:
                 last = await asyncio.to_thread(applier.apply, entries)
                 writer.write(ack_frame(last))
                 await writer.drain()
+
+
+def _certificate_name(peercert: object) -> str:
+    """The common name in a peer certificate as ssl.SSLSocket.getpeercert() returns it."""
+    if not isinstance(peercert, dict):
+        return ""
+    for rdn in peercert.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return ""
 
 
 class BatchApplier:

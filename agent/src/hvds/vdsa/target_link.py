@@ -88,6 +88,9 @@ class TargetLink:
                 asyncio.IncompleteReadError,
             ) as exc:
                 log.warning("%s -> %s: %s", self.vpg.name, self.target.server_name, exc)
+            except Exception:
+                # A bug must not end replication for good: log it whole, and connect again.
+                log.exception("%s -> %s: unexpected error", self.vpg.name, self.target.server_name)
             self.stats.connected = False
             if self.stats.target_journal_full:
                 delay = _RECONNECT_MAX
@@ -114,7 +117,10 @@ class TargetLink:
             if welcome.type is not ReplFrame.WELCOME:
                 raise ReplicationProtocolError(f"expected WELCOME, got {welcome.type.name}")
             resume = parse_json(welcome.payload)
-            self._resume_after(int(resume["last_seq"]))
+            last_seq = resume.get("last_seq")
+            if not isinstance(last_seq, int) or isinstance(last_seq, bool) or last_seq < 0:
+                raise ReplicationProtocolError(f"WELCOME without a valid last_seq: {resume}")
+            self._resume_after(last_seq)
             if resume.get("fresh"):
                 self.vpg.start_full_sync()
             self.stats.connected = True
