@@ -32,6 +32,7 @@ from hvds.vdsa.config import TargetVpg
 
 log = logging.getLogger(__name__)
 
+UNDO_BLOCK_SIZE = 4096
 # A source may ask for a smaller dedup cache than this, never a larger one.
 MAX_DEDUP_CACHE_BYTES = 256 * 1024 * 1024
 
@@ -71,6 +72,9 @@ def open_journal(config: TargetVpg, journal_dir: Path, source: str = "") -> Jour
         disks,
         retention_seconds=config.retention_hours * 3600,
         size_limit_bytes=config.journal_size_limit,
+        # Undo is kept per block: 4 KiB, the guests' usual write size, so that a 4 KiB write
+        # into a block that holds data costs 4 KiB of undo, not 64.
+        block_size=UNDO_BLOCK_SIZE,
     )
 
 
