@@ -68,6 +68,7 @@ key = "$work/pki/vdsa-b1.key"
 [[target_vpg]]
 name = "erp"
 retention_hours = 1
+analysis_interval = 1.0
 disks = [{ disk = 1, name = "erp-db", size = $size, mirror = "$work/b/mirrors/erp-db.raw" }]
 TOML
 cat >"$work/a/vdsa.toml" <<TOML
@@ -121,9 +122,13 @@ same
 ctl_b checkpoints --vpg erp | jq -r '"\(.checkpoints | length) checkpoints kept at site B; tagged:",
   (.checkpoints[] | select(.tag != "") | "  checkpoint \(.id) at sequence \(.seq): \(.tag)")'
 
-say "Site B's data analyzer on the mirror"
-hvds-vdsa analyze "$work/b/mirrors/erp-db.raw" --compact \
-  | jq -r '"file system: \(.filesystem.type) \(.filesystem.label), OS: \(.os.pretty_name)"'
+say "Site B's data analyzer: what the replicated disk holds"
+for _ in $(seq 100); do
+  ctl_b status | jq -e '.targets.erp.analysis.disks["erp-db"].os' >/dev/null && break
+  sleep 0.2
+done
+ctl_b status | jq -r '.targets.erp.analysis.disks["erp-db"]
+  | "file systems: \(.filesystems | join(", ")), OS: \(.os)"'
 
 say "Site A's VDSA dies (kill -9) while the VM writes; it comes back and the tap resyncs"
 kill -9 "$vdsa_a_pid"; wait "$vdsa_a_pid" 2>/dev/null || true

@@ -50,7 +50,13 @@ class Sites:
         self.proxy: TcpProxy | None = None
         self.ca = ca
 
-    def protect(self, disks: dict[str, int], fan_out: bool = False, **options: object) -> None:
+    def protect(
+        self,
+        disks: dict[str, int],
+        fan_out: bool = False,
+        replica_options: dict[str, object] | None = None,
+        **options: object,
+    ) -> None:
         """Disks (name -> size) of site A's host, protected as VPG "vpg1" to site B (and C)."""
         for name, size in disks.items():
             self.host_a.add_disk(name, size)
@@ -58,7 +64,9 @@ class Sites:
         if fan_out:
             self.targets.append(self.vdsa_c)
         for target in self.targets:
-            target.replicate_here("vpg1", {ids[n]: (n, size) for n, size in disks.items()})
+            target.replicate_here(
+                "vpg1", {ids[n]: (n, size) for n, size in disks.items()}, **(replica_options or {})
+            )
         addresses = [(t.address, t.name) for t in self.targets]
         if self.proxy is not None:  # site B reached through a link the test can cut
             addresses[0] = (f"127.0.0.1:{self.proxy.port}", self.vdsa_b.name)
@@ -461,3 +469,31 @@ def test_a_lying_source_gets_a_clear_refusal_and_the_journal_loses_nothing(sites
     assert sha256_file(sites.vdsa_b.mirror("vm1-disk0")) == sha256_file(
         sites.host_a.exports["vm1-disk0"]
     )
+
+
+def test_the_target_reports_what_the_replicated_disk_holds(sites: Sites) -> None:
+    sites.protect({"vm1-disk0": 64 * MiB}, replica_options={"analysis_interval": 0.2})
+    sites.start()
+    root = sites.host_a.root / "rootfs"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "os-release").write_text(
+        'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nNAME="Debian GNU/Linux"\n'
+        'VERSION_ID="12"\nID=debian\n'
+    )
+    image = sites.host_a.root / "fs.img"
+    image.write_bytes(b"")
+    os.truncate(image, 32 * MiB)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(root), str(image)], check=True)
+    subprocess.run(["nbdcopy", str(image), sites.host_a.uri("vm1-disk0")], check=True)
+    sites.tagged_checkpoint("installed")
+
+    def analysis() -> dict[str, object] | None:
+        summary = sites.target_status()["analysis"]
+        return summary["disks"]["vm1-disk0"] if summary else None  # type: ignore[index]
+
+    sites.host_a.wait_for(lambda: (analysis() or {}).get("os") is not None, what="the analysis")
+    assert analysis() == {
+        "partition_table": "none",
+        "filesystems": ["ext4"],
+        "os": "Debian GNU/Linux 12 (bookworm)",
+    }

@@ -97,6 +97,8 @@ class TargetVpg(StrictModel):
     disks: Annotated[list[TargetDisk], Field(min_length=1)]
     retention_hours: Annotated[float, Field(gt=0, le=30 * 24)] = 1.0
     journal_size_limit: Annotated[int, Field(ge=64 * 1024 * 1024)] = 150 * 1024**3
+    # How often the data analyzer looks again at mirrors that changed (seconds); 0: never.
+    analysis_interval: Annotated[float, Field(ge=0)] = 60.0
 
     @property
     def sources(self) -> list[str]:

@@ -9,6 +9,7 @@ from typing import Any
 from prometheus_client import REGISTRY, start_http_server
 
 from hvds.tls import client_context, server_context
+from hvds.vdsa.analysis import keep_analyzing, summary
 from hvds.vdsa.config import VdsaConfig
 from hvds.vdsa.control import Handler, serve_control
 from hvds.vdsa.metrics import VdsaCollector
@@ -27,6 +28,7 @@ class VdsaService:
         self.router: SourceRouter | None = None
         self.targets: dict[str, TargetVpgState] = {}
         self._servers: list[asyncio.Server] = []
+        self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         config = self.config
@@ -39,8 +41,10 @@ class VdsaService:
                     journal = await asyncio.to_thread(
                         open_journal, replica, settings.journal_dir, source_id
                     )
-                    state = TargetVpgState(replica, source_id, journal, usage=journal.usage())
+                    state = TargetVpgState(replica, source_id, journal)
+                    state.snapshot()
                     self.targets[state.label] = state
+                    self._tasks.append(asyncio.create_task(keep_analyzing(state)))
             target = TargetServer(self.targets)
             server = await asyncio.start_server(
                 target.handle,
@@ -70,6 +74,7 @@ class VdsaService:
                 "checkpoint": self._checkpoint,
                 "checkpoints": self._checkpoints,
                 "hold": self._hold,
+                "analysis": self._analysis,
                 "release": self._release,
                 "status": self._status,
             }
@@ -78,6 +83,8 @@ class VdsaService:
     async def stop(self) -> None:
         for server in self._servers:
             server.close()
+        for task in self._tasks:
+            task.cancel()
         for source in self.sources:
             await source.stop()
         for state in self.targets.values():
@@ -98,7 +105,7 @@ class VdsaService:
         parts = [state for state in self.targets.values() if state.config.name == name]
         if not parts:
             raise KeyError(f"no VPG {name!r} is replicated to this host")
-        listed = [{c.time_ns: c for c in state.journal.checkpoints()} for state in parts]
+        listed = [{c.time_ns: c for c in state.checkpoints} for state in parts]
         common = sorted(set.intersection(*(set(times) for times in listed)))
         checkpoints = []
         for time_ns in common:
@@ -117,6 +124,14 @@ class VdsaService:
                 }
             checkpoints.append(entry)
         return {"checkpoints": checkpoints}
+
+    def _analysis(self, request: dict[str, Any]) -> dict[str, Any]:
+        """The data analyzer's full reports on a replicated VPG's mirrors."""
+        name = str(request["vpg"])
+        parts = [state for state in self.targets.values() if state.config.name == name]
+        if not parts:
+            raise KeyError(f"no VPG {name!r} is replicated to this host")
+        return {"analysis": {state.label: state.analysis for state in parts}}
 
     def _source(self, request: dict[str, Any]) -> VpgSource:
         name = str(request["vpg"])
@@ -160,18 +175,14 @@ class VdsaService:
         }
         targets = {}
         for name, state in self.targets.items():
-            journal = state.journal
-            latest = journal.latest()
+            latest = state.checkpoints[-1] if state.checkpoints else None
             targets[name] = {
-                "last_seq": journal.last_seq,
-                "checkpoints": len(journal.checkpoints()),
+                "last_seq": state.last_seq,
+                "checkpoints": len(state.checkpoints),
                 "latest_checkpoint": None
                 if latest is None
-                else {
-                    "id": latest.id,
-                    "seq": latest.seq,
-                    "time_ns": latest.time_ns,
-                    "tag": latest.tag,
-                },
-            }
+                else {"id": latest.id, "seq": latest.seq, "time_ns": latest.time_ns,
+                      "tag": latest.tag},
+                "analysis": summary(state.analysis) if state.analysis else None,
+            }  # fmt: skip
         return {"id": self.config.vdsa.id, "sources": sources, "targets": targets}

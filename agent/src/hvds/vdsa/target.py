@@ -14,8 +14,17 @@ import logging
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from hvds.journal import DiskSpec, Journal, JournalFull, JournalUsage, JournalWrite, JournalZero
+from hvds.journal import (
+    Checkpoint,
+    DiskSpec,
+    Journal,
+    JournalFull,
+    JournalUsage,
+    JournalWrite,
+    JournalZero,
+)
 from hvds.replication.dedup import MIN_DEDUP_BYTES, BlockCache, block_hash
 from hvds.replication.stream import FrameStream
 from hvds.replication.wire import (
@@ -46,10 +55,21 @@ class TargetVpgState:
     journal: Journal
     session: asyncio.Task[None] | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    # Taken after each batch, in the worker thread: readers elsewhere never touch the journal.
+    # Taken after each batch, in the worker thread, so that status and metrics never touch the
+    # journal while a batch is being applied (the journal is not thread-safe).
     usage: JournalUsage | None = None
+    checkpoints: list[Checkpoint] = field(default_factory=list)
+    last_seq: int = 0
+    # The data analyzer's reports on the mirrors (see analysis.py).
+    analysis: dict[str, Any] = field(default_factory=dict)
     # The last batch did not fit: the source is refused until the journal has room (alert).
     journal_full: bool = False
+
+    def snapshot(self) -> None:
+        """Record what the status and the metrics report (call with the journal idle)."""
+        self.usage = self.journal.usage()
+        self.checkpoints = self.journal.checkpoints()
+        self.last_seq = self.journal.last_seq
 
     @property
     def label(self) -> str:
@@ -199,7 +219,7 @@ class BatchApplier:
             raise
         finally:
             journal.commit()
-            self._vpg.usage = journal.usage()
+            self._vpg.snapshot()
         return journal.last_seq
 
     def _record(self, entry: Entry) -> JournalWrite | JournalZero:
