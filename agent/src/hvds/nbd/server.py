@@ -78,6 +78,10 @@ _FORBIDDEN_FLAGS: dict[Command, int] = {
     command: ~int(allowed) for command, allowed in ALLOWED_COMMAND_FLAGS.items()
 }
 _DF = int(CommandFlag.DF)
+_PLAIN_DATA = frozenset({int(Command.READ), int(Command.WRITE)})
+_OFFSET_DATA_CHUNK = struct.Struct(">IHHQIQ")  # chunk header, then the offset of the data
+_DONE = int(ReplyFlag.DONE)
+_OFFSET_DATA = int(ChunkType.OFFSET_DATA)
 
 # Commands whose error reply must be a structured chunk once structured replies are on.
 _STRUCTURED_ERRORS = frozenset({Command.READ, Command.BLOCK_STATUS})
@@ -506,6 +510,14 @@ class ServerConnection:
     ) -> tuple[Errno, str] | None:
         export = self._export
         assert export is not None
+        if (
+            kind in _PLAIN_DATA
+            and not flags
+            and length <= MAX_PAYLOAD
+            and offset + length <= export.size
+            and not (kind == Command.WRITE and export.read_only)
+        ):
+            return None  # the common case: a plain read or write inside the export
         command = _COMMANDS.get(kind)
         if command is None:
             return Errno.EINVAL, f"unknown command {kind}"
@@ -541,14 +553,10 @@ class ServerConnection:
     def reply_read(self, handle: int, offset: int, data: bytes) -> list[bytes]:
         """The reply to a successful READ, as buffers to write in order (data is not copied)."""
         if self._structured:
-            header = _CHUNK.pack(
-                STRUCTURED_REPLY_MAGIC,
-                ReplyFlag.DONE,
-                ChunkType.OFFSET_DATA,
-                handle,
-                8 + len(data),
+            header = _OFFSET_DATA_CHUNK.pack(
+                STRUCTURED_REPLY_MAGIC, _DONE, _OFFSET_DATA, handle, 8 + len(data), offset
             )
-            return [header + _U64.pack(offset), data]
+            return [header, data]
         return [_SIMPLE_REPLY.pack(SIMPLE_REPLY_MAGIC, 0, handle), data]
 
     def reply_error(self, request: Request, errno: int, message: str = "") -> bytes:

@@ -130,7 +130,7 @@ class NbdClient(asyncio.BufferedProtocol):
             if command is Command.READ:
                 data = export.disk.read(request.offset, request.length)
                 self._outgoing.extend(self._conn.reply_read(request.handle, request.offset, data))
-                self._done(export, command, request.length, started)
+                export.stats.done(command, request.length, time.perf_counter() - started)
                 return
             if command is Command.WRITE:
                 self._write(export, request)
