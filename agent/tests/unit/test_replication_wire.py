@@ -21,7 +21,9 @@ from hvds.replication.wire import (
     ReplicationProtocolError,
     ack_frame,
     decode_entries,
+    decode_hashes,
     encode_entries,
+    encode_hashes,
     frame,
     json_frame,
     parse_ack,
@@ -116,3 +118,12 @@ def test_caches_fed_the_same_operations_stay_in_step() -> None:
         else:
             assert target.get(digest) == blocks[n]  # what a REF resolves to at the target
     assert len(source) == len(target) == 3
+
+
+def test_mirror_hashes_round_trip_and_bad_sizes_are_refused() -> None:
+    digests = [(0, b"\x01" * 16), (7, b"\x02" * 16)]
+    hashes = FrameReader().feed(encode_hashes(3, 65536, digests))[0]
+    assert hashes.type is FrameType.HASHES
+    assert decode_hashes(hashes.payload) == (3, 65536, dict(digests))
+    with pytest.raises(ReplicationProtocolError, match="size"):
+        decode_hashes(hashes.payload[:-1])

@@ -9,7 +9,11 @@ followed by:
 - WRITE: ``length`` bytes of data;
 - REF: the 16-byte xxh3-128 of data the target already holds (sent earlier on this connection);
 - ZERO: nothing (the range reads as zeroes);
-- CHECKPOINT: ``length`` bytes of JSON (id, time, tag, description); disk and offset are 0.
+- CHECKPOINT: ``length`` bytes of JSON (id, time, tag, description); disk and offset are 0;
+- SAME: nothing (the target's mirror already holds these ``length`` bytes; initial sync).
+
+HASHES (a fresh target's mirror, before a full sync): ``disk u32 | block size u32`` then
+``block u64 | xxh3-128 digest`` for each block of the mirror that is not a hole.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ class FrameType(IntEnum):
     BATCH = 3  # source -> target: entries
     ACK = 4  # target -> source: u64 highest durable sequence
     ERROR = 5  # either way: JSON {error}; the sender closes the connection
+    HASHES = 6  # target -> source, after a WELCOME announcing them: what a fresh mirror holds
 
 
 class FrameFlag(IntFlag):
@@ -52,6 +57,7 @@ class EntryKind(IntEnum):
     ZERO = 2
     REF = 3
     CHECKPOINT = 4
+    SAME = 5  # a full sync block equal to what the target's mirror already holds: no data
 
 
 class ReplicationProtocolError(Exception):
@@ -202,3 +208,24 @@ def _payload_length(fields: tuple[Any, ...]) -> int:
     if length > MAX_FRAME_PAYLOAD:
         raise ReplicationProtocolError(f"frame of {length} bytes is too large")
     return int(length)
+
+
+HASHES_HEADER = struct.Struct(">II")
+HASH_ENTRY = struct.Struct(">Q16s")
+
+
+def encode_hashes(disk: int, block_size: int, digests: list[tuple[int, bytes]]) -> bytes:
+    body = b"".join(HASH_ENTRY.pack(block, digest) for block, digest in digests)
+    return frame(FrameType.HASHES, HASHES_HEADER.pack(disk, block_size) + body)
+
+
+def decode_hashes(payload: bytes | bytearray) -> tuple[int, int, dict[int, bytes]]:
+    """(disk, block size, {block: digest}) of a HASHES frame."""
+    if len(payload) < HASHES_HEADER.size or (len(payload) - HASHES_HEADER.size) % HASH_ENTRY.size:
+        raise ReplicationProtocolError("HASHES payload of a wrong size")
+    disk, block_size = HASHES_HEADER.unpack_from(payload)
+    digests = {
+        block: digest
+        for block, digest in HASH_ENTRY.iter_unpack(memoryview(payload)[HASHES_HEADER.size :])
+    }
+    return disk, block_size, digests

@@ -52,6 +52,7 @@ class Item:
     data: bytes | bytearray = b""  # WRITE: the data; CHECKPOINT: JSON
     done: bool = False
     time_ns: int = 0  # CHECKPOINT: when the cut was taken
+    resync: bool = False  # WRITE: a block resent from the disk, not a write of the VM
 
 
 @dataclass(eq=False)

@@ -96,7 +96,14 @@ class SourceTapSession(CopySession):
             vpg.set_resyncing(disk, False)
             return None
         if frame.type is FrameType.WRITE:
-            item = Item(EntryKind.WRITE, disk, frame.offset, len(frame.payload), frame.payload)
+            item = Item(
+                EntryKind.WRITE,
+                disk,
+                frame.offset,
+                len(frame.payload),
+                frame.payload,
+                resync=bool(frame.flags & FrameFlag.RESYNC),
+            )
         elif frame.type is FrameType.ZERO:
             item = Item(EntryKind.ZERO, disk, frame.offset, frame.length)
         else:

@@ -12,10 +12,12 @@ import asyncio
 import contextlib
 import logging
 import ssl
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hvds.disk import Disk
 from hvds.journal import (
     Checkpoint,
     DiskSpec,
@@ -34,6 +36,7 @@ from hvds.replication.wire import (
     FrameType,
     ReplicationProtocolError,
     ack_frame,
+    encode_hashes,
     json_frame,
     parse_json,
 )
@@ -149,11 +152,18 @@ class TargetServer:
             cache_bytes = min(int(info.get("dedup_cache_bytes", 0)), MAX_DEDUP_CACHE_BYTES)
             applier = BatchApplier(vpg, BlockCache(cache_bytes))
             journal = vpg.journal
-            # A fresh journal has nothing of the disks yet: the source must send them whole.
+            # A fresh journal has nothing of the disks yet: the source must send them whole,
+            # but need not send the blocks the mirrors already hold (a seeded mirror).
             fresh = journal.last_seq == 0 and journal.latest() is None
+            hashes: list[bytes] = []
+            block_size = info.get("hash_block")
+            if fresh and isinstance(block_size, int) and _valid_hash_block(block_size):
+                hashes = await asyncio.to_thread(_mirror_hash_frames, vpg, block_size)
             writer.write(json_frame(FrameType.WELCOME, {
                 "vpg": vpg.config.name, "last_seq": journal.last_seq, "fresh": fresh,
+                "hash_frames": len(hashes),
             }))  # fmt: skip
+            writer.writelines(hashes)
             log.info(
                 "%s: source %s connected at sequence %d",
                 vpg.config.name,
@@ -169,6 +179,51 @@ class TargetServer:
                 last = await asyncio.to_thread(applier.apply, entries)
                 writer.write(ack_frame(last))
                 await writer.drain()
+
+
+# Mirror hashes go out in frames of at most this many blocks.
+_HASHES_PER_FRAME = 65536
+
+
+def _valid_hash_block(size: int) -> bool:
+    return 4096 <= size <= 64 * 1024 * 1024 and not size & (size - 1)
+
+
+def _mirror_hash_frames(vpg: TargetVpgState, block_size: int) -> list[bytes]:
+    """HASHES frames for every block of the VPG's mirrors that holds data (holes are zeroes,
+    which the source elides anyway)."""
+    frames = []
+    for disk in vpg.config.disks:
+        if disk.source != vpg.source or not disk.mirror.exists():
+            continue
+        mirror = Disk(disk.mirror, read_only=True)
+        try:
+            digests: list[tuple[int, bytes]] = []
+            for block in _data_blocks(mirror, block_size):
+                offset = block * block_size
+                digests.append(
+                    (block, block_hash(mirror.read(offset, min(block_size, disk.size - offset))))
+                )
+                if len(digests) == _HASHES_PER_FRAME:
+                    frames.append(encode_hashes(disk.disk, block_size, digests))
+                    digests = []
+            if digests:
+                frames.append(encode_hashes(disk.disk, block_size, digests))
+        finally:
+            mirror.close()
+    return frames
+
+
+def _data_blocks(disk: Disk, block_size: int) -> Iterator[int]:
+    """The blocks of ``disk`` that hold any data, skipping holes without reading them."""
+    offset = 0
+    while offset < disk.size:
+        data_at = disk.next_data(offset)
+        if data_at >= disk.size:
+            return
+        block = data_at // block_size
+        yield block
+        offset = (block + 1) * block_size
 
 
 def _certificate_name(peercert: object) -> str:
@@ -187,6 +242,7 @@ class BatchApplier:
 
     def __init__(self, vpg: TargetVpgState, cache: BlockCache) -> None:
         self._vpg = vpg
+        self._mirrors = {d.disk: d.mirror for d in vpg.config.disks if d.source == vpg.source}
         self._journal = vpg.journal
         self._disk_sizes = {d.disk: d.size for d in vpg.config.disks if d.source == vpg.source}
         self._cache = cache
@@ -222,6 +278,13 @@ class BatchApplier:
             self._vpg.snapshot()
         return journal.last_seq
 
+    def _mirror_read(self, entry: Entry) -> bytes:
+        mirror = Disk(self._mirrors[entry.disk], read_only=True)
+        try:
+            return mirror.read(entry.offset, entry.length)
+        finally:
+            mirror.close()
+
     def _record(self, entry: Entry) -> JournalWrite | JournalZero:
         size = self._disk_sizes.get(entry.disk)
         if size is None:
@@ -230,6 +293,9 @@ class BatchApplier:
             raise ReplicationProtocolError(f"entry beyond the end of disk {entry.disk}")
         if entry.kind is EntryKind.ZERO:
             return JournalZero(entry.seq, entry.disk, entry.offset, entry.length)
+        if entry.kind is EntryKind.SAME:
+            # The source found this block equal to our mirror's: journal what the mirror holds.
+            return JournalWrite(entry.seq, entry.disk, entry.offset, self._mirror_read(entry))
         if entry.kind is EntryKind.REF:
             data = self._cache.get(bytes(entry.body))
             if data is None:

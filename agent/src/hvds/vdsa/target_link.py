@@ -24,6 +24,7 @@ from hvds.replication.wire import (
     Entry,
     EntryKind,
     ReplicationProtocolError,
+    decode_hashes,
     json_frame,
     parse_ack,
     parse_json,
@@ -39,6 +40,9 @@ log = logging.getLogger(__name__)
 PROTOCOL_VERSION = 1
 BATCH_BYTES = 1024 * 1024
 DEDUP_CACHE_BYTES = 64 * 1024 * 1024
+# The blocks a fresh target hashes its mirrors by: the taps' default bitmap block, which is what
+# their full-sync writes cover. A tap with another block size gets no matches: all is sent.
+HASH_BLOCK = 64 * 1024
 _RECONNECT_MIN, _RECONNECT_MAX = 0.1, 5.0
 
 
@@ -70,6 +74,7 @@ class TargetLink:
         self._next_seq = 1
         self._wakeup = asyncio.Event()
         self._send_at = 0.0  # bandwidth limit: when the next byte may go
+        self._mirror_hashes: dict[tuple[int, int], bytes] = {}
         self.stats = LinkStats()
 
     def wake(self) -> None:
@@ -110,6 +115,7 @@ class TargetLink:
                 "source": self._vdsa_id,
                 "protocol": PROTOCOL_VERSION,
                 "dedup_cache_bytes": DEDUP_CACHE_BYTES,
+                "hash_block": HASH_BLOCK,
             }
             writer.write(json_frame(ReplFrame.HELLO, hello))
             stream = FrameStream(reader)
@@ -121,6 +127,7 @@ class TargetLink:
             if not isinstance(last_seq, int) or isinstance(last_seq, bool) or last_seq < 0:
                 raise ReplicationProtocolError(f"WELCOME without a valid last_seq: {resume}")
             self._resume_after(last_seq)
+            self._mirror_hashes = await self._read_hashes(stream, resume.get("hash_frames", 0))
             if resume.get("fresh"):
                 self.vpg.start_full_sync()
             self.stats.connected = True
@@ -142,6 +149,22 @@ class TargetLink:
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+    @staticmethod
+    async def _read_hashes(stream: FrameStream, count: object) -> dict[tuple[int, int], bytes]:
+        """What a fresh target's mirrors hold: (disk, block) -> digest, to skip equal blocks."""
+        if not isinstance(count, int) or not 0 <= count <= 1 << 20:
+            raise ReplicationProtocolError(f"WELCOME announces {count!r} hash frames")
+        hashes: dict[tuple[int, int], bytes] = {}
+        for _ in range(count):
+            received = await stream.next()
+            if received.type is not ReplFrame.HASHES:
+                raise ReplicationProtocolError(f"expected HASHES, got {received.type.name}")
+            disk, block_size, digests = decode_hashes(received.payload)
+            if block_size != HASH_BLOCK:
+                raise ReplicationProtocolError(f"hashes of {block_size}-byte blocks")
+            hashes.update(((disk, block), digest) for block, digest in digests.items())
+        return hashes
 
     def _resume_after(self, last_seq: int) -> None:
         """Take the target's last durable sequence as acknowledged, and resend what follows."""
@@ -227,6 +250,10 @@ class TargetLink:
         self.stats.bytes_in += len(data)
         if data.count(0) == len(data):
             return Entry(EntryKind.ZERO, seq, item.disk, item.offset, len(data))
+        if item.resync and self._mirror_hashes and item.offset % HASH_BLOCK == 0:
+            held = self._mirror_hashes.pop((item.disk, item.offset // HASH_BLOCK), None)
+            if held is not None and held == block_hash(data):
+                return Entry(EntryKind.SAME, seq, item.disk, item.offset, len(data))
         if len(data) >= MIN_DEDUP_BYTES:
             digest = block_hash(data)
             if cache.get(digest) is not None:
