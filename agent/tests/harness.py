@@ -243,6 +243,10 @@ class Vdsa:
         return self.root / "control.sock"
 
     @property
+    def view_socket(self) -> Path:
+        return self.root / "views.sock"
+
+    @property
     def address(self) -> str:
         return f"127.0.0.1:{self.listen_port}"
 
@@ -282,6 +286,7 @@ class Vdsa:
         if self.target_vpgs:
             settings["listen"] = self.address
             settings["journal_dir"] = str(self.root / "journal")
+            settings["view_socket"] = str(self.view_socket)
         config: dict[str, Any] = {
             "vdsa": settings,
             "tls": {"ca": str(self.tls.ca), "cert": str(self.tls.cert), "key": str(self.tls.key)},

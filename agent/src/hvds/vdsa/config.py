@@ -120,6 +120,8 @@ class VdsaSettings(StrictModel):
     metrics: HostPort | None = None
     # Local commands (checkpoint, status) as JSON lines; the site manager drives it.
     control_socket: Path | None = None
+    # Where point-in-time views of replicated disks are served over NBD (target role).
+    view_socket: Path | None = None
 
     @field_validator("listen", "metrics", mode="before")
     @classmethod

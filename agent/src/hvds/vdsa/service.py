@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+from functools import partial
 from typing import Any
 
 from prometheus_client import REGISTRY, start_http_server
 
+from hvds.journal import Checkpoint
+from hvds.nbd.block_server import BackendCatalog, serve_backends
+from hvds.nbd.server import ExportInfo
+from hvds.recovery.view import CheckpointView
 from hvds.tls import client_context, server_context
 from hvds.vdsa.analysis import keep_analyzing, summary
 from hvds.vdsa.config import VdsaConfig
@@ -21,6 +27,19 @@ from hvds.vdsa.target import TargetServer, TargetVpgState, open_journal
 log = logging.getLogger(__name__)
 
 
+def _find_checkpoint(checkpoints: list[Checkpoint], request: dict[str, Any]) -> Checkpoint:
+    if "checkpoint" in request:
+        wanted = int(request["checkpoint"])
+        found = [c for c in checkpoints if c.id == wanted]
+    elif "tag" in request:
+        found = [c for c in checkpoints if c.tag == str(request["tag"])]
+    else:
+        found = checkpoints  # the latest
+    if not found:
+        raise KeyError(f"no such checkpoint is kept: {request}")
+    return found[-1]
+
+
 class VdsaService:
     def __init__(self, config: VdsaConfig) -> None:
         self.config = config
@@ -29,6 +48,8 @@ class VdsaService:
         self.targets: dict[str, TargetVpgState] = {}
         self._servers: list[asyncio.Server] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self.views = BackendCatalog()  # point-in-time views being served, by export name
+        self._view_numbers = itertools.count(1)
 
     async def start(self) -> None:
         config = self.config
@@ -69,12 +90,16 @@ class VdsaService:
         if settings.metrics is not None:
             REGISTRY.register(VdsaCollector(self))
             start_http_server(settings.metrics.port, settings.metrics.host)
+        if settings.view_socket is not None and self.targets:
+            self._servers.append(await serve_backends(self.views, settings.view_socket))
         if settings.control_socket is not None:
             handlers: dict[str, Handler] = {
                 "checkpoint": self._checkpoint,
                 "checkpoints": self._checkpoints,
                 "hold": self._hold,
                 "analysis": self._analysis,
+                "view_open": self._view_open,
+                "view_close": self._view_close,
                 "release": self._release,
                 "status": self._status,
             }
@@ -85,6 +110,8 @@ class VdsaService:
             server.close()
         for task in self._tasks:
             task.cancel()
+        for name in list(self.views.backends):
+            self._view_close({"export": name})
         for source in self.sources:
             await source.stop()
         for state in self.targets.values():
@@ -132,6 +159,37 @@ class VdsaService:
         if not parts:
             raise KeyError(f"no VPG {name!r} is replicated to this host")
         return {"analysis": {state.label: state.analysis for state in parts}}
+
+    def _view_open(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Serve a replicated disk as it was at a checkpoint (by id, or by tag: the newest with
+        it), writable into a scratch overlay, over NBD on the view socket."""
+        settings = self.config.vdsa
+        if settings.view_socket is None or settings.journal_dir is None:
+            raise ValueError("no view_socket is configured")
+        name, disk_name = str(request["vpg"]), str(request["disk"])
+        for state in self.targets.values():
+            disk = next((d for d in state.config.disks if d.name == disk_name), None)
+            if state.config.name == name and disk is not None and disk.source == state.source:
+                break
+        else:
+            raise KeyError(f"no disk {disk_name!r} of a VPG {name!r} is replicated here")
+        checkpoint = _find_checkpoint(state.checkpoints, request)
+        export = f"{name}.{disk_name}.at-{checkpoint.id}.{next(self._view_numbers)}"
+        info = ExportInfo(export, disk.size, description=f"{disk_name} at {checkpoint.tag}")
+        scratch = settings.journal_dir / "scratch"
+        scratch.mkdir(parents=True, exist_ok=True)
+        read_at = partial(state.journal.read_at, checkpoint.id, disk.disk)
+        self.views.backends[export] = CheckpointView(info, read_at, state.journal_lock, scratch)
+        log.info("view %s opened", export)
+        uri = f"nbd+unix:///{export}?socket={settings.view_socket}"
+        return {"export": export, "uri": uri, "checkpoint": checkpoint.id}
+
+    def _view_close(self, request: dict[str, Any]) -> dict[str, Any]:
+        backend = self.views.backends.pop(str(request["export"]))
+        assert isinstance(backend, CheckpointView)
+        backend.close()
+        log.info("view %s closed, its scratch data discarded", backend.info.name)
+        return {}
 
     def _source(self, request: dict[str, Any]) -> VpgSource:
         name = str(request["vpg"])

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +59,8 @@ class TargetVpgState:
     journal: Journal
     session: asyncio.Task[None] | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # The journal is not thread-safe: batches and point-in-time views take turns on it.
+    journal_lock: threading.Lock = field(default_factory=threading.Lock)
     # Taken after each batch, in the worker thread, so that status and metrics never touch the
     # journal while a batch is being applied (the journal is not thread-safe).
     usage: JournalUsage | None = None
@@ -251,6 +254,10 @@ class BatchApplier:
         """Journal a batch; the highest durable sequence after it. Whatever part of the batch
         went in is committed even when the rest fails (a full journal, a bad entry), so that the
         source resumes exactly after it."""
+        with self._vpg.journal_lock:
+            return self._apply(entries)
+
+    def _apply(self, entries: list[Entry]) -> int:
         journal = self._journal
         records: list[JournalWrite | JournalZero] = []
         try:

@@ -1,0 +1,135 @@
+"""NBD exports of simple block backends (recovery views), on the sans-I/O server core.
+
+The tap has its own adapter (tap/connection.py) because its write path carries the copy to the
+VDSA and the bitmap, and is tuned for speed (decision 0004). Views need neither: here each
+connection carries out its requests one at a time, awaiting the backend, which may do its work
+in a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Protocol, cast
+
+from hvds.nbd.constants import Command, Errno
+from hvds.nbd.server import (
+    ConnectionClosed,
+    ExportInfo,
+    ExportSelected,
+    Request,
+    ServerConnection,
+)
+
+log = logging.getLogger(__name__)
+
+
+class BlockBackend(Protocol):
+    info: ExportInfo
+
+    async def read(self, offset: int, length: int) -> bytes: ...
+
+    async def write(self, offset: int, data: bytes | bytearray) -> None: ...
+
+    async def zero(self, offset: int, length: int) -> None: ...
+
+
+class BackendCatalog:
+    """The exports of one server, by name; implements the core's ExportCatalog."""
+
+    def __init__(self) -> None:
+        self.backends: dict[str, BlockBackend] = {}
+
+    def lookup(self, name: str) -> ExportInfo | None:
+        backend = self.backends.get(name)
+        return backend.info if backend else None
+
+    def names(self) -> Iterable[str]:
+        return list(self.backends)
+
+
+class BackendClient(asyncio.BufferedProtocol):
+    def __init__(self, catalog: BackendCatalog) -> None:
+        self._catalog = catalog
+        self._conn = ServerConnection(catalog)
+        self._transport: asyncio.Transport | None = None
+        self._backend: BlockBackend | None = None
+        self._requests: asyncio.Queue[Request | None] = asyncio.Queue()
+        self._worker: asyncio.Task[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+        self._transport.write(self._conn.greeting())
+        self._worker = asyncio.create_task(self._serve())
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._conn.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._conn.buffer_updated(nbytes)
+        self._process()
+
+    def eof_received(self) -> bool:
+        self._conn.receive_eof()
+        self._process()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        if self._worker is not None:
+            self._worker.cancel()
+
+    def _process(self) -> None:
+        self._send(self._conn.data_to_send())
+        for event in self._conn.events():
+            if isinstance(event, ExportSelected):
+                self._backend = self._catalog.backends.get(event.export.name)
+            elif isinstance(event, Request):
+                self._requests.put_nowait(event)
+            elif isinstance(event, ConnectionClosed):
+                self._requests.put_nowait(None)  # close once the requests before are done
+        self._send(self._conn.data_to_send())
+
+    def _send(self, data: list[bytes]) -> None:
+        if data and self._transport is not None:
+            self._transport.writelines(data)
+
+    async def _serve(self) -> None:
+        while (request := await self._requests.get()) is not None:
+            self._send(await self._answer(request))
+        if self._transport is not None:
+            self._transport.close()
+
+    async def _answer(self, request: Request) -> list[bytes]:
+        backend = self._backend
+        if backend is None or request.command is Command.DISC:
+            return []
+        conn = self._conn
+        try:
+            if request.command is Command.READ:
+                data = await backend.read(request.offset, request.length)
+                return conn.reply_read(request.handle, request.offset, data)
+            if request.command is Command.WRITE:
+                assert request.payload is not None
+                await backend.write(request.offset, request.payload)
+            elif request.command is Command.WRITE_ZEROES or request.command is Command.TRIM:
+                await backend.zero(request.offset, request.length)
+            elif request.command is Command.BLOCK_STATUS:
+                return [conn.reply_block_status(request.handle, [(request.length, 0)])]
+            # FLUSH and CACHE: nothing to do for a view, whose writes are thrown away.
+            return [conn.reply(request.handle)]
+        except (OSError, LookupError, ValueError) as exc:
+            log.error("%s %s at %d+%d failed: %s", backend.info.name, request.command.name,
+                      request.offset, request.length, exc)  # fmt: skip
+            return [conn.reply_error(request, Errno.EIO, str(exc))]
+
+
+async def serve_backends(catalog: BackendCatalog, path: Path) -> asyncio.Server:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    loop = asyncio.get_running_loop()
+    server = await loop.create_unix_server(lambda: BackendClient(catalog), str(path))
+    path.chmod(0o660)
+    return server
