@@ -46,7 +46,6 @@ class VdsaLink(asyncio.Protocol):
         self._queue: list[bytes | bytearray] = []
         self._queued_bytes = 0
         self._closing = False
-        self._connected = asyncio.Event()
         self._disconnected = asyncio.Event()
         self.stats = LinkStats(buffered_bytes=self._buffered_bytes)
 
@@ -71,10 +70,6 @@ class VdsaLink(asyncio.Protocol):
                 await task
         if self._transport is not None:
             self._transport.close()
-
-    @property
-    def connected(self) -> bool:
-        return self._transport is not None
 
     async def _connect_loop(self) -> None:
         assert self._socket_path is not None
@@ -117,6 +112,7 @@ class VdsaLink(asyncio.Protocol):
         self.stats.up = False
         for export in self._exports:
             export.tracker.connection_lost()
+            export.release()  # no barrier can complete without the VDSA: let the VMs go on
         self._in_flight.clear()
         self._room.set()  # wake the resync so that it notices the link is gone
         self._disconnected.set()
