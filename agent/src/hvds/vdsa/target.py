@@ -71,6 +71,13 @@ class TargetVpgState:
     # The last batch did not fit: the source is refused until the journal has room (alert).
     journal_full: bool = False
 
+    def resume_point(self) -> tuple[int, bool]:
+        """The last durable sequence, and whether the journal is fresh: it has nothing of the
+        disks yet, so the source must send them whole (a seeded mirror may spare some)."""
+        with self.journal_lock:
+            journal = self.journal
+            return journal.last_seq, journal.last_seq == 0 and journal.latest() is None
+
     def snapshot(self) -> None:
         """Record what the status and the metrics report (call with the journal idle)."""
         self.usage = self.journal.usage()
@@ -154,16 +161,14 @@ class TargetServer:
         async with vpg.lock:  # the replaced session finishes its batch first
             cache_bytes = min(int(info.get("dedup_cache_bytes", 0)), MAX_DEDUP_CACHE_BYTES)
             applier = BatchApplier(vpg, BlockCache(cache_bytes))
-            journal = vpg.journal
-            # A fresh journal has nothing of the disks yet: the source must send them whole,
-            # but need not send the blocks the mirrors already hold (a seeded mirror).
-            fresh = journal.last_seq == 0 and journal.latest() is None
+            # A replaced session's batch may still be finishing in its thread: wait for it.
+            last_seq, fresh = await asyncio.to_thread(vpg.resume_point)
             hashes: list[bytes] = []
             block_size = info.get("hash_block")
             if fresh and isinstance(block_size, int) and _valid_hash_block(block_size):
                 hashes = await asyncio.to_thread(_mirror_hash_frames, vpg, block_size)
             writer.write(json_frame(FrameType.WELCOME, {
-                "vpg": vpg.config.name, "last_seq": journal.last_seq, "fresh": fresh,
+                "vpg": vpg.config.name, "last_seq": last_seq, "fresh": fresh,
                 "hash_frames": len(hashes),
             }))  # fmt: skip
             writer.writelines(hashes)
@@ -171,7 +176,7 @@ class TargetServer:
                 "%s: source %s connected at sequence %d",
                 vpg.config.name,
                 info.get("source"),
-                vpg.journal.last_seq,
+                last_seq,
             )
             codec = BatchCodec()
             while True:
