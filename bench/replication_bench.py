@@ -31,12 +31,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.metadata
 import itertools
 import json
 import math
 import os
-import platform
 import shutil
 import signal
 import subprocess
@@ -63,7 +61,7 @@ from tap_bench import (  # noqa: E402
     core_pct,
     core_times,
     cpu_seconds,
-    first_line,
+    machine_environment,
     parse_fio,
     parse_size,
     tool,
@@ -725,21 +723,8 @@ def job_line(r: JobResult) -> str:
 
 
 def environment(args: argparse.Namespace) -> dict[str, str]:
-    cpu = "unknown"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    try:
-        hvds = importlib.metadata.version("hvds-agent")
-    except importlib.metadata.PackageNotFoundError:
-        hvds = "unknown"
     return {
-        "cpu": f"{cpu} ({os.cpu_count()} CPUs)",
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "hvds-agent": hvds,
-        "fio": first_line([tool("fio"), "--version"]),
+        **machine_environment(),
         "disk": f"{args.size / 2**30:g} GiB sparse raw file per stack, under {WORK_PARENT}",
         "vpg": (
             f"checkpoint every {CHECKPOINT_INTERVAL:g} s, zstd on, target journal limit "

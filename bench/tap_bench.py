@@ -542,7 +542,8 @@ def first_line(argv: Sequence[str]) -> str:
     return f"{Path(program).name} {rest}".strip()  # qemu-nbd prints its full path
 
 
-def environment() -> dict[str, str]:
+def machine_environment() -> dict[str, str]:
+    """What every hvds benchmark reports about the machine and the tools it ran."""
     cpu = "unknown"
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):
@@ -558,6 +559,12 @@ def environment() -> dict[str, str]:
         "python": platform.python_version(),
         "hvds-agent": hvds,
         "fio": first_line([tool("fio"), "--version"]),
+    }
+
+
+def environment() -> dict[str, str]:
+    return {
+        **machine_environment(),
         "nbdkit": first_line([tool("nbdkit"), "--version"]),
         "qemu-nbd": first_line([tool("qemu-nbd"), "--version"]),
         "libnbd": first_line([tool("nbdinfo"), "--version"]),
