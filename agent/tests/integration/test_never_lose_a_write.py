@@ -133,3 +133,30 @@ def test_discarding_sink_acknowledges_every_copy_without_a_replica(lab: Lab) -> 
     kinds = [c["type"] for c in lab.copies()]
     assert kinds.count("ZERO") == 1 and kinds.count("WRITE") >= 1
     assert not lab.replica_dir.exists()
+
+
+def test_a_full_disk_fails_the_write_with_enospc_and_nothing_is_lost(lab: Lab) -> None:
+    # The image lives on an 8 MiB tmpfs: the ninth MiB of data cannot be stored.
+    store = lab.root / "small-fs"
+    store.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(store)], check=True)
+    try:
+        lab.exports["disk0"] = store / "disk0.raw"
+        with lab.exports["disk0"].open("wb") as f:
+            f.truncate(32 * MiB)
+        lab.start_sink()
+        lab.start_tap()
+        result = subprocess.run(
+            ["qemu-io", "-f", "raw", "-c", "write -P 0x61 0 4M", "-c", "write -P 0x62 4M 8M",
+             lab.uri("disk0")], capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert "No space left on device" in result.stdout + result.stderr
+        assert lab.tap is not None and lab.tap.proc is not None and lab.tap.proc.poll() is None
+        lab.wait_for(lambda: lab.metric("hvds_tap_dirty_bytes", "disk0") == 0, what="acks")
+        # Whatever reached the disk reached the replica, and the first write is whole.
+        assert sha256_file(lab.replica("disk0")) == sha256_file(lab.exports["disk0"])
+        with lab.exports["disk0"].open("rb") as f:
+            assert f.read(4 * MiB) == b"\x61" * 4 * MiB
+    finally:
+        lab.stop()
+        subprocess.run(["umount", str(store)], check=False)
