@@ -528,3 +528,30 @@ def test_initial_sync_to_a_seeded_mirror_sends_only_the_blocks_that_differ(sites
     link = sites.vdsa_a.status()["sources"]["vpg1"]["targets"]["vdsa-b1"]
     assert link["bytes_in"] >= 32 * MiB  # every data block came from the tap...
     assert MiB < link["bytes_on_wire"] < MiB + 256 * 1024  # ...only the changed MiB crossed
+
+
+def test_a_corrupt_journal_is_refused_clearly_and_the_mirror_kept(sites: Sites) -> None:
+    sites.protect({"vm1-disk0": 16 * MiB})
+    sites.start()
+    qemu_io(sites.host_a.uri("vm1-disk0"), "write -P 0x19 0 2M")
+    sites.tagged_checkpoint("good")
+    qemu_io(sites.host_a.uri("vm1-disk0"), "write -P 0x20 4M 1M")  # more records after it
+    sites.tagged_checkpoint("more")
+    mirror = sites.vdsa_b.mirror("vm1-disk0")
+    kept = sha256_file(mirror)
+    sites.vdsa_b.stop()
+    segments = sorted((sites.vdsa_b.root / "journal" / "vpg1").glob("*.hvj"))
+    with segments[0].open("r+b") as f:  # a flipped byte in a record that was made durable
+        f.seek(200)
+        byte = f.read(1)
+        f.seek(200)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+    sites.vdsa_b.start()  # the VDSA starts; that VPG is refused with the reason
+    status = sites.vdsa_b.status()["targets"]["vpg1"]
+    assert "corrupt record" in status["failed"]
+    sites.host_a.wait_for(
+        lambda: "journal of vpg1 is damaged" in (sites.vdsa_a.root / "vdsa.log").read_text(),
+        what="the source to be told",
+    )
+    assert sha256_file(mirror) == kept  # the mirror is left as it was

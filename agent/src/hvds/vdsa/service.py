@@ -10,7 +10,7 @@ from typing import Any
 
 from prometheus_client import REGISTRY, start_http_server
 
-from hvds.journal import Checkpoint
+from hvds.journal import Checkpoint, JournalError
 from hvds.nbd.block_server import BackendCatalog, serve_backends
 from hvds.nbd.server import ExportInfo
 from hvds.recovery.view import CheckpointView
@@ -22,7 +22,7 @@ from hvds.vdsa.metrics import VdsaCollector
 from hvds.vdsa.receiver import serve_taps
 from hvds.vdsa.source import VpgSource
 from hvds.vdsa.source_taps import SourceRouter
-from hvds.vdsa.target import TargetServer, TargetVpgState, open_journal
+from hvds.vdsa.target import TargetServer, TargetVpgState, journal_label, open_journal
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,7 @@ class VdsaService:
         self.sources: list[VpgSource] = []
         self.router: SourceRouter | None = None
         self.targets: dict[str, TargetVpgState] = {}
+        self.failed: dict[str, str] = {}  # journals that could not be opened, and why
         self._servers: list[asyncio.Server] = []
         self._tasks: list[asyncio.Task[None]] = []
         self.views = BackendCatalog()  # point-in-time views being served, by export name
@@ -59,14 +60,21 @@ class VdsaService:
             assert settings.journal_dir is not None
             for replica in config.target_vpg:
                 for source_id in replica.sources:
-                    journal = await asyncio.to_thread(
-                        open_journal, replica, settings.journal_dir, source_id
-                    )
+                    label = journal_label(replica.name, source_id)
+                    try:
+                        journal = await asyncio.to_thread(
+                            open_journal, replica, settings.journal_dir, source_id
+                        )
+                    except JournalError as exc:
+                        # One damaged journal must not take the other VPGs down with it.
+                        log.error("%s: journal unusable, refusing its source: %s", label, exc)
+                        self.failed[label] = str(exc)
+                        continue
                     state = TargetVpgState(replica, source_id, journal)
                     state.snapshot()
                     self.targets[state.label] = state
                     self._tasks.append(asyncio.create_task(keep_analyzing(state)))
-            target = TargetServer(self.targets)
+            target = TargetServer(self.targets, self.failed)
             server = await asyncio.start_server(
                 target.handle,
                 settings.listen.host,
@@ -231,7 +239,7 @@ class VdsaService:
             }
             for source in self.sources
         }
-        targets = {}
+        targets: dict[str, dict[str, Any]] = {}
         for name, state in self.targets.items():
             latest = state.checkpoints[-1] if state.checkpoints else None
             targets[name] = {
@@ -243,4 +251,6 @@ class VdsaService:
                       "tag": latest.tag},
                 "analysis": summary(state.analysis) if state.analysis else None,
             }  # fmt: skip
+        for label, reason in self.failed.items():
+            targets[label] = {"failed": reason}
         return {"id": self.config.vdsa.id, "sources": sources, "targets": targets}

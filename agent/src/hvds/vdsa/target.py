@@ -112,8 +112,9 @@ def open_journal(config: TargetVpg, journal_dir: Path, source: str = "") -> Jour
 
 
 class TargetServer:
-    def __init__(self, vpgs: dict[str, TargetVpgState]) -> None:
+    def __init__(self, vpgs: dict[str, TargetVpgState], failed: dict[str, str]) -> None:
         self.vpgs = vpgs
+        self.failed = failed  # journals that could not be opened: their sources are refused
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
@@ -150,6 +151,12 @@ class TargetServer:
             raise ReplicationProtocolError(
                 f"source {source!r} presents the certificate of {certified!r}"
             )
+        for label in (journal_label(name, source), name):
+            if label in self.failed:
+                raise ReplicationProtocolError(
+                    f"the journal of {label} is damaged ({self.failed[label]}): "
+                    "it must be recreated and the VPG fully resynced"
+                )
         vpg = self.vpgs.get(journal_label(name, source)) or self.vpgs.get(name)
         if vpg is None:
             raise ReplicationProtocolError(f"no VPG {name!r} from {source!r} is replicated here")

@@ -15,7 +15,7 @@ import ssl
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from hvds.replication.dedup import MIN_DEDUP_BYTES, BlockCache, block_hash
 from hvds.replication.stream import FrameStream
@@ -29,6 +29,7 @@ from hvds.replication.wire import (
     parse_ack,
     parse_json,
 )
+from hvds.replication.wire import Frame as ReplicationFrame
 from hvds.replication.wire import FrameType as ReplFrame
 from hvds.vdsa.config import TargetAddress
 
@@ -120,6 +121,8 @@ class TargetLink:
             writer.write(json_frame(ReplFrame.HELLO, hello))
             stream = FrameStream(reader)
             welcome = await stream.next()
+            if welcome.type is ReplFrame.ERROR:
+                self._refused(welcome)
             if welcome.type is not ReplFrame.WELCOME:
                 raise ReplicationProtocolError(f"expected WELCOME, got {welcome.type.name}")
             resume = parse_json(welcome.payload)
@@ -188,13 +191,16 @@ class TargetLink:
             if received.type is ReplFrame.ACK:
                 self._acknowledge(parse_ack(received.payload))
             elif received.type is ReplFrame.ERROR:
-                refusal = parse_json(received.payload)
-                # A full journal at the target: keep holding (then the taps keep their bitmaps)
-                # and try again less eagerly; the target's mirror stays at its last checkpoint.
-                self.stats.target_journal_full = bool(refusal.get("journal_full"))
-                raise ReplicationProtocolError(f"target refused: {refusal.get('error')}")
+                self._refused(received)
             else:
                 raise ReplicationProtocolError(f"unexpected {received.type.name} frame")
+
+    def _refused(self, refusal: ReplicationFrame) -> NoReturn:
+        reason = parse_json(refusal.payload)
+        # A full journal at the target: keep holding (then the taps keep their bitmaps) and
+        # try again less eagerly; the target's mirror stays at its last checkpoint.
+        self.stats.target_journal_full = bool(reason.get("journal_full"))
+        raise ReplicationProtocolError(f"target refused: {reason.get('error')}")
 
     def _acknowledge(self, seq: int) -> None:
         progressed = False
