@@ -51,6 +51,7 @@ class VdsaService:
         self._tasks: list[asyncio.Task[None]] = []
         self.views = BackendCatalog()  # point-in-time views being served, by export name
         self._view_numbers = itertools.count(1)
+        self._view_states: dict[str, TargetVpgState] = {}
 
     async def start(self) -> None:
         config = self.config
@@ -188,6 +189,8 @@ class VdsaService:
         scratch.mkdir(parents=True, exist_ok=True)
         read_at = partial(state.journal.read_at, checkpoint.id, disk.disk)
         self.views.backends[export] = CheckpointView(info, read_at, state.journal_lock, scratch)
+        self._view_states[export] = state
+        state.views_open += 1
         log.info("view %s opened", export)
         uri = f"nbd+unix:///{export}?socket={settings.view_socket}"
         return {"export": export, "uri": uri, "checkpoint": checkpoint.id}
@@ -196,6 +199,7 @@ class VdsaService:
         backend = self.views.backends.pop(str(request["export"]))
         assert isinstance(backend, CheckpointView)
         backend.close()
+        self._view_states.pop(backend.info.name).views_open -= 1
         log.info("view %s closed, its scratch data discarded", backend.info.name)
         return {}
 

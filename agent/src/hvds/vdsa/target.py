@@ -66,6 +66,7 @@ class TargetVpgState:
     usage: JournalUsage | None = None
     checkpoints: list[Checkpoint] = field(default_factory=list)
     last_seq: int = 0
+    views_open: int = 0  # point-in-time views being served from this journal
     # The data analyzer's reports on the mirrors (see analysis.py).
     analysis: dict[str, Any] = field(default_factory=dict)
     # The last batch did not fit: the source is refused until the journal has room (alert).
@@ -284,7 +285,10 @@ class BatchApplier:
                         time_ns=int(info["time_ns"]),
                         seq=entry.seq,
                     )
-                    journal.reclaim()  # history past the retention window or the size limit
+                    if not self._vpg.views_open:
+                        # History past the retention window or the size limit; kept while a
+                        # view may be reading it (only a full journal reclaims it then).
+                        journal.reclaim()
                 else:
                     records.append(self._record(entry))
             journal.append(records)
