@@ -76,6 +76,9 @@ class VdsaLink(asyncio.Protocol):
         delay = _RECONNECT_MIN
         loop = asyncio.get_running_loop()
         while not self._closing:
+            # Cleared before connecting: a connection lost before create_unix_connection
+            # returns has already set it, and must not leave the loop waiting for ever.
+            self._disconnected.clear()
             try:
                 await loop.create_unix_connection(lambda: self, str(self._socket_path))
             except OSError as exc:
@@ -84,7 +87,6 @@ class VdsaLink(asyncio.Protocol):
                 delay = min(delay * 2, _RECONNECT_MAX)
                 continue
             delay = _RECONNECT_MIN
-            self._disconnected.clear()
             await self._disconnected.wait()
 
     # -- asyncio.Protocol ------------------------------------------------------------------

@@ -72,7 +72,10 @@ class VpgSource:
         self._items: deque[Item] = deque()
         self._base = 0  # absolute index of _items[0]
         self._held_bytes = 0
-        self._resyncing: set[int] = set()
+        # Disks out of write order. At start every disk is: the copies of the target's journal
+        # may end inside a resync that a previous run of this VDSA left half sent, and only the
+        # disk's tap can say (EXPORT clean, or RESYNC_DONE) that it is whole again.
+        self._resyncing: set[int] = {disk.disk for disk in config.disks}
         self._router = router
         # Disks whose tap must send every block again, once it is connected.
         self.full_sync_wanted: set[int] = set()
