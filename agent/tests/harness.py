@@ -72,6 +72,16 @@ def scrape(port: int, name: str, **labels: str) -> float:
     raise KeyError(f"{name}{labels}")
 
 
+def wait_for(predicate: object, timeout: float = 20, what: str = "condition") -> None:
+    assert callable(predicate)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 def make_image(path: Path, size: int) -> Path:
     with path.open("wb") as f:
         f.truncate(size)
@@ -206,13 +216,7 @@ class Lab:
         return scrape(self.metrics_port, name, **labels)
 
     def wait_for(self, predicate: object, timeout: float = 20, what: str = "condition") -> None:
-        assert callable(predicate)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return
-            time.sleep(0.05)
-        raise AssertionError(f"timed out waiting for {what}")
+        wait_for(predicate, timeout, what)
 
     def stop(self) -> None:
         for service in (self.tap, self.sink):

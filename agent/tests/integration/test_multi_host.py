@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import Lab, Vdsa, sha256_file
+from harness import Lab, Vdsa, sha256_file, wait_for
 from test_replication import STAMPED_WRITER, stamps
 
 from hvds.pki import CertificateAuthority
@@ -27,30 +27,36 @@ DISKS = {"db-disk": ("host-a1", 1), "log-disk": ("host-a2", 2)}
 
 
 class TwoHosts:
-    def __init__(self, root: Path) -> None:
+    """Site A: two hosts, a disk of the VPG on each. Site B (and C, for fan-out): a target."""
+
+    def __init__(self, root: Path, targets: int) -> None:
         ca = CertificateAuthority(root / "pki")
         self.taps = {host: Lab(root / host) for host, _ in DISKS.values()}
         self.sources = {
             host: Vdsa(root / host / "vdsa", f"vdsa-{host}", ca.issue(f"vdsa-{host}"))
             for host in self.taps
         }
-        self.target = Vdsa(root / "b" / "vdsa", "vdsa-b1", ca.issue("vdsa-b1"))
-        self.target.target_vpgs.append({
-            "name": "vpg1",
-            "disks": [
-                {"disk": disk, "name": name, "size": 8 * MiB,
-                 "mirror": str(self.target.mirror(name)), "source": f"vdsa-{host}"}
-                for name, (host, disk) in DISKS.items()
-            ],
-        })  # fmt: skip
+        names = ["vdsa-b1", "vdsa-c1"][:targets]
+        self.targets = [Vdsa(root / name / "vdsa", name, ca.issue(name)) for name in names]
+        self.target = self.targets[0]
+        for target in self.targets:
+            target.target_vpgs.append({
+                "name": "vpg1",
+                "disks": [
+                    {"disk": disk, "name": name, "size": 8 * MiB,
+                     "mirror": str(target.mirror(name)), "source": f"vdsa-{host}"}
+                    for name, (host, disk) in DISKS.items()
+                ],
+            })  # fmt: skip
+        addresses = [(target.address, target.name) for target in self.targets]
         for name, (host, disk) in DISKS.items():
             self.taps[host].root.mkdir(parents=True)
             self.taps[host].add_disk(name, 8 * MiB)
-            target = [(self.target.address, self.target.name)]
-            self.sources[host].protect("vpg1", {name: disk}, target, coordinated=True)
+            self.sources[host].protect("vpg1", {name: disk}, addresses, coordinated=True)
 
     def start(self) -> None:
-        self.target.start()
+        for target in self.targets:
+            target.start()
         for host, vdsa in self.sources.items():
             vdsa.start()
             self.taps[host].start_tap(vdsa_socket=str(vdsa.tap_socket))
@@ -77,13 +83,13 @@ class TwoHosts:
     def stop(self) -> None:
         for lab in self.taps.values():
             lab.stop()
-        for vdsa in [*self.sources.values(), self.target]:
+        for vdsa in [*self.sources.values(), *self.targets]:
             vdsa.stop()
 
 
-@pytest.fixture
-def hosts(tmp_path: Path) -> Iterator[TwoHosts]:
-    hosts = TwoHosts(tmp_path)
+@pytest.fixture(params=[1, 2], ids=["one-target", "fan-out"])
+def hosts(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[TwoHosts]:
+    hosts = TwoHosts(tmp_path, request.param)
     try:
         yield hosts
     finally:
@@ -121,15 +127,22 @@ def test_checkpoints_across_two_hosts_are_prefixes_of_the_write_order(
     assert hosts.checkpoint("end")
     assert sum(taken) >= 5, f"the barrier took too few checkpoints: {taken}"
 
+    for target in hosts.targets:
+        verify_target(target, count)
+
+
+def verify_target(target: Vdsa, count: int) -> None:
+    """Every cross-host checkpoint at ``target`` is a prefix; rollback gives its content."""
+
     def end_listed() -> bool:
-        listed = hosts.target.control(op="checkpoints", vpg="vpg1")["checkpoints"]
+        listed = target.control(op="checkpoints", vpg="vpg1")["checkpoints"]
         return bool(listed) and listed[-1]["tag"] == "end"
 
-    hosts.taps["host-a1"].wait_for(end_listed, what="the last cut at the target")
-    hosts.target.stop()
+    wait_for(end_listed, what=f"the last cut at {target.name}")
+    target.stop()
 
-    config = TargetVpg.model_validate(hosts.target.target_vpgs[0])
-    journal_dir = hosts.target.root / "journal"
+    config = TargetVpg.model_validate(target.target_vpgs[0])
+    journal_dir = target.root / "journal"
     with (
         open_journal(config, journal_dir, "vdsa-host-a1") as db_journal,
         open_journal(config, journal_dir, "vdsa-host-a2") as log_journal,
@@ -143,14 +156,16 @@ def test_checkpoints_across_two_hosts_are_prefixes_of_the_write_order(
             db = db_journal.read_at(parts[0][cut].id, 1, 0, 8 * MiB)
             log = log_journal.read_at(parts[1][cut].id, 2, 0, 8 * MiB)
             found = stamps(db) | stamps(log)
-            assert found == set(range(len(found))), f"cut {cut} is not a prefix of the writes"
+            assert found == set(range(len(found))), (
+                f"{target.name}: cut {cut} is not a prefix of the writes"
+            )
             seen.append(len(found))
             contents[cut] = [hashlib.sha256(db).hexdigest(), hashlib.sha256(log).hexdigest()]
         assert seen[-1] == count
-        assert len(set(seen)) >= 5, f"too few distinct cuts: {seen}"
+        assert len(set(seen)) >= 5, f"{target.name}: too few distinct cuts: {seen}"
 
         middle = cuts[len(cuts) // 2]
         db_journal.rollback(parts[0][middle].id)
         log_journal.rollback(parts[1][middle].id)
-    mirrors = [sha256_file(hosts.target.mirror(name)) for name in DISKS]
+    mirrors = [sha256_file(target.mirror(name)) for name in DISKS]
     assert mirrors == contents[middle]
