@@ -12,16 +12,11 @@ import asyncio
 import logging
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Protocol, cast
+from typing import Protocol
 
+from hvds.nbd.adapter import NbdProtocol
 from hvds.nbd.constants import Command, Errno
-from hvds.nbd.server import (
-    ConnectionClosed,
-    ExportInfo,
-    ExportSelected,
-    Request,
-    ServerConnection,
-)
+from hvds.nbd.server import ConnectionClosed, ExportInfo, ExportSelected, Request
 
 log = logging.getLogger(__name__)
 
@@ -50,34 +45,20 @@ class BackendCatalog:
         return list(self.backends)
 
 
-class BackendClient(asyncio.BufferedProtocol):
+class BackendClient(NbdProtocol):
     def __init__(self, catalog: BackendCatalog) -> None:
+        super().__init__(catalog)
         self._catalog = catalog
-        self._conn = ServerConnection(catalog)
-        self._transport: asyncio.Transport | None = None
         self._backend: BlockBackend | None = None
         self._requests: asyncio.Queue[Request | None] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.Transport, transport)
-        self._transport.write(self._conn.greeting())
+        super().connection_made(transport)
         self._worker = asyncio.create_task(self._serve())
 
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return self._conn.get_buffer(sizehint)
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self._conn.buffer_updated(nbytes)
-        self._process()
-
-    def eof_received(self) -> bool:
-        self._conn.receive_eof()
-        self._process()
-        return False
-
     def connection_lost(self, exc: Exception | None) -> None:
-        self._transport = None
+        super().connection_lost(exc)
         if self._worker is not None:
             self._worker.cancel()
 

@@ -14,10 +14,10 @@ import errno
 import logging
 import os
 import time
-from typing import cast
 
+from hvds.nbd.adapter import NbdProtocol
 from hvds.nbd.constants import Command, CommandFlag, Errno
-from hvds.nbd.server import ConnectionClosed, ExportSelected, Request, ServerConnection
+from hvds.nbd.server import ConnectionClosed, ExportSelected, Request
 from hvds.tap.exports import ExportRegistry, TapExport
 from hvds.tap.link import VdsaLink
 
@@ -38,39 +38,18 @@ def wire_errno(exc: OSError) -> int:
     return Errno.EIO
 
 
-class NbdClient(asyncio.BufferedProtocol):
+class NbdClient(NbdProtocol):
     def __init__(self, registry: ExportRegistry, link: VdsaLink) -> None:
+        super().__init__(registry)
         self._registry = registry
         self._link = link
-        self._conn = ServerConnection(registry)
-        self._transport: asyncio.Transport | None = None
         self._export: TapExport | None = None
         self._outgoing: list[bytes] = []
         self._syncs: set[asyncio.Task[None]] = set()
         self._close_when_idle = False
 
-    # -- asyncio ---------------------------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports implement asyncio.Transport without inheriting from it.
-        transport = cast(asyncio.Transport, transport)
-        self._transport = transport
-        transport.write(self._conn.greeting())
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return self._conn.get_buffer(sizehint)
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self._conn.buffer_updated(nbytes)
-        self._process()
-
-    def eof_received(self) -> bool:
-        self._conn.receive_eof()
-        self._process()
-        return False
-
     def connection_lost(self, exc: Exception | None) -> None:
-        self._transport = None
+        super().connection_lost(exc)
         export = self._export
         if export is not None:
             export.clients.discard(self)
