@@ -83,6 +83,19 @@ class Sites:
         assert isinstance(status, dict)
         return status
 
+    def wait_in_sync(self, timeout: float) -> None:
+        """Until the VPG is in write order and the tap has every copy acknowledged."""
+        self.host_a.wait_for(
+            lambda: (
+                self.vdsa_a.status()["sources"]["vpg1"]["consistent"]
+                and all(
+                    self.host_a.metric("hvds_tap_dirty_bytes", e) == 0 for e in self.host_a.exports
+                )
+            ),
+            timeout=timeout,
+            what="the VPG in sync",
+        )
+
     def checkpoint_tagged(self, tag: str, target: Vdsa | None = None) -> dict[str, object] | None:
         listing = (target or self.vdsa_b).control(op="checkpoints", vpg="vpg1")["checkpoints"]
         return next((c for c in listing if c["tag"] == tag), None)
@@ -196,14 +209,7 @@ def test_initial_sync_of_a_mostly_zero_disk_sends_only_its_data(sites: Sites) ->
             f.write(data[:MiB])
             data = data[MiB:]
     sites.start()
-    sites.host_a.wait_for(
-        lambda: (
-            sites.vdsa_a.status()["sources"]["vpg1"]["consistent"]
-            and sites.host_a.metric("hvds_tap_dirty_bytes", "vm1-disk0") == 0
-        ),
-        timeout=120,
-        what="the initial sync",
-    )
+    sites.wait_in_sync(timeout=120)
     sites.tagged_checkpoint("synced")
     assert sha256_file(sites.vdsa_b.mirror("vm1-disk0")) == sha256_file(disk)
     link = sites.vdsa_a.status()["sources"]["vpg1"]["targets"]["vdsa-b1"]
@@ -515,14 +521,7 @@ def test_initial_sync_to_a_seeded_mirror_sends_only_the_blocks_that_differ(sites
         f.seek(16 * MiB)
         f.write(os.urandom(MiB))
     sites.start()
-    sites.host_a.wait_for(
-        lambda: (
-            sites.vdsa_a.status()["sources"]["vpg1"]["consistent"]
-            and sites.host_a.metric("hvds_tap_dirty_bytes", "vm1-disk0") == 0
-        ),
-        timeout=60,
-        what="the initial sync",
-    )
+    sites.wait_in_sync(timeout=60)
     sites.tagged_checkpoint("synced")
     assert sha256_file(mirror) == sha256_file(disk)
     link = sites.vdsa_a.status()["sources"]["vpg1"]["targets"]["vdsa-b1"]
