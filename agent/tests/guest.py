@@ -204,28 +204,6 @@ def run_guest(
         return GuestRun(result=result, console=console, seconds=seconds)
 
 
-def boot_guest(
-    image: GuestImage,
-    drive_uri: str,
-    action: str,
-    timeout: float = 120,
-    *,
-    read_bytes: int | None = None,
-    cache: str | None = "none",
-    console_log: Path | None = None,
-) -> str:
-    """Like :func:`run_guest` but returns only the ``HVDS-RESULT:`` text."""
-    return run_guest(
-        image,
-        drive_uri,
-        action,
-        timeout,
-        read_bytes=read_bytes,
-        cache=cache,
-        console_log=console_log,
-    ).result
-
-
 def _describe(qemu_output: str, log: Path) -> str:
     console = log.read_text(errors="replace") if log.exists() else "(no console output)"
     tail = "\n".join(console.splitlines()[-_CONSOLE_TAIL_LINES:])
