@@ -237,6 +237,11 @@ class Vdsa:
     source_vpgs: list[dict[str, Any]] = field(default_factory=list)
     target_vpgs: list[dict[str, Any]] = field(default_factory=list)
     service: Service | None = None
+    # Listen as a target even without target_vpgs in its file (a manager may send some).
+    target_role: bool = False
+    # More [vdsa] settings, and more sections ([manager], [[datastore]]).
+    settings: dict[str, Any] = field(default_factory=dict)
+    sections: dict[str, Any] = field(default_factory=dict)
 
     @property
     def tap_socket(self) -> Path:
@@ -287,7 +292,7 @@ class Vdsa:
             "control_socket": str(self.control_socket),
             "metrics": f"127.0.0.1:{self.metrics_port}",
         }
-        if self.target_vpgs:
+        if self.target_vpgs or self.target_role:
             settings["listen"] = self.address
             settings["journal_dir"] = str(self.root / "journal")
             settings["view_socket"] = str(self.view_socket)
@@ -296,7 +301,9 @@ class Vdsa:
             "tls": {"ca": str(self.tls.ca), "cert": str(self.tls.cert), "key": str(self.tls.key)},
             "source_vpg": self.source_vpgs,
             "target_vpg": self.target_vpgs,
+            **self.sections,
         }
+        settings.update(self.settings)
         self.root.mkdir(parents=True, exist_ok=True)
         path = self.root / "vdsa.toml"
         path.write_text(tomli_w.dumps(config))
@@ -383,3 +390,91 @@ class TcpProxy:
     def close(self) -> None:
         self.cut()
         self._listener.close()
+
+
+@dataclass
+class Manager:
+    """An hvds-manager process (the site manager) with TLS, configured in its own directory."""
+
+    root: Path
+    site: str
+    tls: Any  # pki.TlsFiles, its certificate good for 127.0.0.1
+    port: int = field(default_factory=free_port)
+    service: Service | None = None
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "manager.toml"
+
+    def write_config(self, **settings: Any) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        config = {
+            "manager": {
+                "site": self.site,
+                "listen": f"127.0.0.1:{self.port}",
+                "url": self.url,
+                "state_dir": str(self.root / "state"),
+                "host_timeout": 5.0,
+                "watch_interval": 0.5,
+                **settings,
+            },
+            "tls": {"cert": str(self.tls.cert), "key": str(self.tls.key), "ca": str(self.tls.ca)},
+        }
+        self.config_path.write_text(tomli_w.dumps(config))
+
+    def token(self, name: str, role: str) -> str:
+        if not self.config_path.exists():
+            self.write_config()
+        argv = [str(BIN / "hvds-manager"), "token", "--config", str(self.config_path)]
+        argv += ["--name", name, "--role", role]
+        return subprocess.run(argv, check=True, capture_output=True, text=True).stdout.strip()
+
+    def start(self) -> Service:
+        if not self.config_path.exists():
+            self.write_config()
+        argv = [str(BIN / "hvds-manager"), "run", "--config", str(self.config_path)]
+        self.service = Service(argv, self.root / "manager.log").start()
+        wait_for(self._answers, what=f"{self.site}'s manager to answer")
+        return self.service
+
+    def _answers(self) -> bool:
+        try:
+            return self.api("GET", "/site", "").status_code == 401
+        except OSError:
+            return False
+
+    def api(self, method: str, path: str, token: str, json: Any = None) -> Any:
+        """One API call; returns the httpx response."""
+        import httpx  # noqa: PLC0415 - only the manager's tests need it
+
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        try:
+            return httpx.request(
+                method, f"{self.url}/api/v1{path}", json=json, headers=headers,
+                verify=str(self.tls.ca), timeout=60,
+            )  # fmt: skip
+        except httpx.TransportError as exc:
+            raise OSError(str(exc)) from exc
+
+    def ok(self, method: str, path: str, token: str, json: Any = None) -> Any:
+        """One API call that must succeed; returns its JSON."""
+        response = self.api(method, path, token, json)
+        assert response.status_code < 300, (method, path, response.status_code, response.text)
+        return None if response.status_code == 204 else response.json()
+
+    def wait_command(self, command: dict[str, Any], token: str, timeout: float = 60) -> Any:
+        """Until the tracked command ends; returns it (it must have succeeded)."""
+        path = f"/commands/{command['id']}"
+        wait_for(lambda: self.ok("GET", path, token)["status"] not in ("queued", "running"),
+                 timeout, f"command {command['kind']}")  # fmt: skip
+        ended = self.ok("GET", path, token)
+        assert ended["status"] == "succeeded", ended
+        return ended
+
+    def stop(self) -> None:
+        if self.service is not None:
+            self.service.stop()

@@ -7,6 +7,8 @@ Production deployments make their CA and certificates with the replication_link 
 from __future__ import annotations
 
 import datetime
+import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +27,13 @@ class TlsFiles:
 
 def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def _general_name(text: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(text))
+    except ValueError:
+        return x509.DNSName(text)
 
 
 def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
@@ -70,8 +79,9 @@ class CertificateAuthority:
         _write_key(self.key, key_path)
         self.path.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
 
-    def issue(self, name: str) -> TlsFiles:
-        """A certificate for ``name`` (as DNS name), good for both server and client use."""
+    def issue(self, name: str, also: Sequence[str] = ()) -> TlsFiles:
+        """A certificate for ``name`` (as DNS name), good for both server and client use;
+        ``also`` adds names or IP addresses a server is reached by (e.g. a manager's URL)."""
         if name == "ca" or "/" in name:
             raise ValueError(f"{name!r} cannot name a certificate: it would clash with the CA")
         key = ec.generate_private_key(ec.SECP256R1())
@@ -84,7 +94,10 @@ class CertificateAuthority:
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))
             .not_valid_after(now + datetime.timedelta(days=self.days))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+            .add_extension(
+                x509.SubjectAlternativeName([x509.DNSName(name), *map(_general_name, also)]),
+                critical=False,
+            )
             .add_extension(
                 x509.ExtendedKeyUsage(
                     [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]

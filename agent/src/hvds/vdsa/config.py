@@ -35,7 +35,7 @@ from typing import Annotated
 
 from pydantic import Field, field_validator, model_validator
 
-from hvds.settings import HostPort, StrictModel, load_toml
+from hvds.settings import ConfigError, HostPort, StrictModel, load_toml
 
 
 class TlsFiles(StrictModel):
@@ -112,6 +112,25 @@ class TargetVpg(StrictModel):
         return self
 
 
+class ManagerLink(StrictModel):
+    """Where this host registers and heartbeats: its site's manager (hvds-manager)."""
+
+    url: Annotated[str, Field(pattern=r"^https?://")]
+    token_file: Path  # a bearer token of role "host", readable by root only
+    ca: Path | None = None  # verify the manager's TLS against this CA; system CAs if unset
+    heartbeat_interval: Annotated[float, Field(gt=0, le=300)] = 5.0
+    # How the manager reaches this VDSA's control socket, and peers its target role.
+    control_url: str = ""  # default: unix:// + control_socket
+    replication_address: str = ""  # default: vdsa.listen
+
+
+class Datastore(StrictModel):
+    """A directory where the manager may place mirrors of replicated disks."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")]
+    path: Path
+
+
 class VdsaSettings(StrictModel):
     id: Annotated[str, Field(min_length=1)]
     tap_socket: Path | None = None
@@ -122,6 +141,10 @@ class VdsaSettings(StrictModel):
     control_socket: Path | None = None
     # Where point-in-time views of replicated disks are served over NBD (target role).
     view_socket: Path | None = None
+    # The VPGs the site manager pushed (`configure`), kept here (JSON) across restarts.
+    managed_config: Path | None = None
+    # The tap's configuration, read to report this host's disks (exports) to the manager.
+    tap_config: Path | None = None
 
     @field_validator("listen", "metrics", mode="before")
     @classmethod
@@ -129,11 +152,27 @@ class VdsaSettings(StrictModel):
         return HostPort.coerce(value)
 
 
+class ManagedVpgs(StrictModel):
+    """What the site manager decides for a host: the VPGs it protects and those it keeps."""
+
+    source_vpg: list[SourceVpg] = Field(default_factory=list)
+    target_vpg: list[TargetVpg] = Field(default_factory=list)
+
+
 class VdsaConfig(StrictModel):
     vdsa: VdsaSettings
     tls: TlsFiles | None = None
+    manager: ManagerLink | None = None
+    datastore: list[Datastore] = Field(default_factory=list)
     source_vpg: list[SourceVpg] = Field(default_factory=list)
     target_vpg: list[TargetVpg] = Field(default_factory=list)
+
+    def with_managed(self, managed: ManagedVpgs) -> VdsaConfig:
+        """This configuration plus the manager's VPGs, validated as a whole."""
+        merged = self.model_dump()
+        merged["source_vpg"] += managed.model_dump()["source_vpg"]
+        merged["target_vpg"] += managed.model_dump()["target_vpg"]
+        return VdsaConfig.model_validate(merged)
 
     @model_validator(mode="after")
     def _roles_complete(self) -> VdsaConfig:
@@ -155,3 +194,13 @@ class VdsaConfig(StrictModel):
 
 def load_config(path: Path) -> VdsaConfig:
     return load_toml(path, VdsaConfig)
+
+
+def load_managed(path: Path | None) -> ManagedVpgs:
+    """The manager's VPGs as last pushed; none before the first push."""
+    if path is None or not path.exists():
+        return ManagedVpgs()
+    try:
+        return ManagedVpgs.model_validate_json(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: {exc}") from exc

@@ -26,14 +26,17 @@ from pathlib import Path
 from typing import Any
 
 import uvloop
+from prometheus_client import REGISTRY, start_http_server
 
 from hvds.analyzer.cli import main as analyzer_main
 from hvds.pki import CertificateAuthority
 from hvds.settings import ConfigError
-from hvds.vdsa.config import VdsaConfig, load_config
+from hvds.vdsa.config import VdsaConfig, load_config, load_managed
 from hvds.vdsa.control import request
 from hvds.vdsa.coordinator import coordinated_checkpoint
+from hvds.vdsa.heartbeat import keep_heartbeating
 from hvds.vdsa.image_sink import ImageSink
+from hvds.vdsa.metrics import VdsaCollector
 from hvds.vdsa.receiver import serve_taps
 from hvds.vdsa.service import VdsaService
 
@@ -55,15 +58,35 @@ async def run_sink(listen: Path, directory: Path | None, record: Path | None) ->
 
 
 async def run_service(config: VdsaConfig) -> None:
-    service = VdsaService(config)
-    await service.start()
+    """Run the roles; restart them (in this process) whenever the manager pushes new VPGs."""
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stopping.set)
     loop.add_signal_handler(signal.SIGINT, stopping.set)
+    service = VdsaService(config, load_managed(config.vdsa.managed_config))
+    # Both read the service of the moment (late-bound): a reconfiguration replaces it.
+    if config.vdsa.metrics is not None:
+        REGISTRY.register(VdsaCollector(lambda: service))
+        start_http_server(config.vdsa.metrics.port, config.vdsa.metrics.host)
+    heartbeat = None
+    if config.manager is not None:
+        heartbeat = asyncio.create_task(keep_heartbeating(config, lambda: service.status()))  # noqa: PLW0108
+    await service.start()
     print("hvds-vdsa ready", flush=True)
-    await stopping.wait()
-    await service.stop()
+    while True:
+        stop = asyncio.create_task(stopping.wait())
+        reconfigure = asyncio.create_task(service.reconfigured.wait())
+        await asyncio.wait({stop, reconfigure}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        reconfigure.cancel()
+        await service.stop()
+        if stopping.is_set():
+            break
+        service = VdsaService(config, load_managed(config.vdsa.managed_config))
+        await service.start()
+        log.info("roles restarted with the manager's VPGs")
+    if heartbeat is not None:
+        heartbeat.cancel()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -141,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         config = load_config(args.config)
-    except ConfigError as exc:
+        config.with_managed(load_managed(config.vdsa.managed_config))  # fails here, not later
+    except (ConfigError, ValueError) as exc:
         print(f"hvds-vdsa: {exc}", file=sys.stderr)
         return 2
     uvloop.run(run_service(config))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -14,8 +14,12 @@ if TYPE_CHECKING:
 
 
 class VdsaCollector(Collector):
-    def __init__(self, service: VdsaService) -> None:
-        self._service = service
+    def __init__(self, service: Callable[[], VdsaService]) -> None:
+        self._current = service  # the service of the moment: a reconfiguration replaces it
+
+    @property
+    def _service(self) -> VdsaService:
+        return self._current()
 
     def collect(self) -> Iterator[Metric]:
         yield from self._source()

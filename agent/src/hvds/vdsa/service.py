@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import logging
 from functools import partial
 from typing import Any
 
-from prometheus_client import REGISTRY, start_http_server
-
+from hvds.files import write_atomic
 from hvds.journal import Checkpoint, JournalError
 from hvds.nbd.block_server import BackendCatalog, serve_backends
 from hvds.nbd.server import ExportInfo
 from hvds.recovery.view import CheckpointView
 from hvds.tls import client_context, server_context
 from hvds.vdsa.analysis import keep_analyzing, summary
-from hvds.vdsa.config import VdsaConfig
+from hvds.vdsa.config import ManagedVpgs, VdsaConfig
 from hvds.vdsa.control import Handler, serve_control
-from hvds.vdsa.metrics import VdsaCollector
 from hvds.vdsa.receiver import serve_taps
 from hvds.vdsa.source import VpgSource
 from hvds.vdsa.source_taps import SourceRouter
@@ -28,7 +27,10 @@ log = logging.getLogger(__name__)
 
 
 def _find_checkpoint(checkpoints: list[Checkpoint], request: dict[str, Any]) -> Checkpoint:
-    if "checkpoint" in request:
+    if "time_ns" in request:  # the cut's own name, the same in every journal of the VPG
+        wanted = int(request["time_ns"])
+        found = [c for c in checkpoints if c.time_ns == wanted]
+    elif "checkpoint" in request:
         wanted = int(request["checkpoint"])
         found = [c for c in checkpoints if c.id == wanted]
     elif "tag" in request:
@@ -40,9 +42,19 @@ def _find_checkpoint(checkpoints: list[Checkpoint], request: dict[str, Any]) -> 
     return found[-1]
 
 
+def managed_digest(managed: ManagedVpgs) -> str:
+    """Names the manager's VPGs as this host runs them, so the manager sees a stale host."""
+    return hashlib.sha256(managed.model_dump_json().encode()).hexdigest()[:16]
+
+
 class VdsaService:
-    def __init__(self, config: VdsaConfig) -> None:
-        self.config = config
+    def __init__(self, config: VdsaConfig, managed: ManagedVpgs | None = None) -> None:
+        """``config`` is the file's; ``managed`` the VPGs the site manager pushed."""
+        self.base_config = config
+        self.managed = managed or ManagedVpgs()
+        self.config = config.with_managed(self.managed)
+        # Set when the manager pushed other VPGs: the caller restarts the service with them.
+        self.reconfigured = asyncio.Event()
         self.sources: list[VpgSource] = []
         self.router: SourceRouter | None = None
         self.targets: dict[str, TargetVpgState] = {}
@@ -96,9 +108,6 @@ class VdsaService:
                 source.start()
             self._servers.append(await serve_taps(router, str(settings.tap_socket)))
             log.info("source role: taps connect to %s", settings.tap_socket)
-        if settings.metrics is not None:
-            REGISTRY.register(VdsaCollector(self))
-            start_http_server(settings.metrics.port, settings.metrics.host)
         if settings.view_socket is not None and self.targets:
             self._servers.append(await serve_backends(self.views, settings.view_socket))
         if settings.control_socket is not None:
@@ -110,7 +119,8 @@ class VdsaService:
                 "view_open": self._view_open,
                 "view_close": self._view_close,
                 "release": self._release,
-                "status": self._status,
+                "status": self.status,
+                "configure": self._configure,
             }
             self._servers.append(await serve_control(settings.control_socket, handlers))
 
@@ -203,6 +213,24 @@ class VdsaService:
         log.info("view %s closed, its scratch data discarded", backend.info.name)
         return {}
 
+    def _configure(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Take the VPGs the site manager wants on this host (all of them, each time). When
+        they differ from the running ones they are kept and the roles restart with them: the
+        taps keep what is not yet acknowledged in their bitmaps, the targets' sources resume."""
+        wanted = {role: request.get(role, []) for role in ("source_vpg", "target_vpg")}
+        managed = ManagedVpgs.model_validate(wanted)
+        if managed == self.managed:
+            return {"changed": False}
+        self.base_config.with_managed(managed)  # the whole must be valid before it is kept
+        path = self.config.vdsa.managed_config
+        if path is None:
+            raise ValueError("this VDSA has no managed_config: it takes no VPGs from a manager")
+        write_atomic(path, managed.model_dump_json(indent=2).encode())
+        log.info("the manager changed this host's VPGs; restarting the roles with them")
+        # After this answer is written: the restart closes the control socket too.
+        asyncio.get_running_loop().call_later(0.1, self.reconfigured.set)
+        return {"changed": True}
+
     def _source(self, request: dict[str, Any]) -> VpgSource:
         name = str(request["vpg"])
         for source in self.sources:
@@ -224,7 +252,7 @@ class VdsaService:
         self._source(request).release(int(request["cut"]))
         return {}
 
-    def _status(self, _request: dict[str, Any]) -> dict[str, Any]:
+    def status(self, _request: dict[str, Any] | None = None) -> dict[str, Any]:
         sources = {
             source.name: {
                 "consistent": source.consistent,
@@ -257,4 +285,9 @@ class VdsaService:
             }  # fmt: skip
         for label, reason in self.failed.items():
             targets[label] = {"failed": reason}
-        return {"id": self.config.vdsa.id, "sources": sources, "targets": targets}
+        return {
+            "id": self.config.vdsa.id,
+            "managed_digest": managed_digest(self.managed),
+            "sources": sources,
+            "targets": targets,
+        }

@@ -1,0 +1,86 @@
+"""Bearer tokens: made here, shown once, kept only as SHA-256 digests; each has one role."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import select
+
+from hvds.manager.db import Store, Token, utcnow
+
+ROLES = ("admin", "viewer", "host", "peer")
+# Who may do what: admin changes things; viewer reads; a host heartbeats; a peer site's
+# manager reads and asks for replicas.
+_MAY = {
+    "read": {"admin", "viewer", "peer"},
+    "change": {"admin"},
+    "heartbeat": {"host", "admin"},
+    "peer": {"peer"},
+}
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+def new_token() -> str:
+    return "hvds_" + secrets.token_urlsafe(32)
+
+
+def digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def create_token(
+    store: Store, name: str, role: str, expires_at: datetime.datetime | None = None
+) -> str:
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}")
+    token = new_token()
+    with store.session() as session:
+        session.add(Token(name=name, role=role, digest=digest(token), expires_at=expires_at))
+    return token
+
+
+@dataclass(frozen=True)
+class Caller:
+    name: str
+    role: str
+
+
+def _caller(request: Request, credentials: HTTPAuthorizationCredentials | None) -> Caller:
+    if credentials is None:
+        raise HTTPException(401, "a bearer token is required", {"WWW-Authenticate": "Bearer"})
+    store: Store = request.app.state.store
+    with store.session() as session:
+        row = session.scalars(
+            select(Token).where(Token.digest == digest(credentials.credentials))
+        ).one_or_none()
+        if row is None:
+            raise HTTPException(401, "unknown token", {"WWW-Authenticate": "Bearer"})
+        expires = row.expires_at
+        if expires is not None and expires.replace(tzinfo=datetime.UTC) <= utcnow():
+            raise HTTPException(401, "the token has expired", {"WWW-Authenticate": "Bearer"})
+        caller = Caller(row.name, row.role)
+    request.state.caller = caller  # for the audit log
+    return caller
+
+
+def require(action: str) -> Callable[..., Caller]:
+    """A FastAPI dependency: the caller's token, which must allow ``action``."""
+
+    def dependency(
+        request: Request,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> Caller:
+        caller = _caller(request, credentials)
+        if caller.role not in _MAY[action]:
+            raise HTTPException(403, f"a {caller.role} token may not {action}")
+        return caller
+
+    return dependency

@@ -1,0 +1,144 @@
+"""Protection groups: create, read, update, delete; their checkpoints and failover tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, HTTPException
+from sqlalchemy import delete, select
+
+from hvds.manager.commands import Progress
+from hvds.manager.db import CommandRow, Vpg, VpgMember
+from hvds.manager.routes.deps import Admin, Db, Reader, Site
+from hvds.manager.schemas import (
+    CheckpointChoice,
+    CheckpointIn,
+    CheckpointOut,
+    CommandOut,
+    VpgOut,
+    VpgSpec,
+)
+from hvds.manager.site import ConflictError
+
+router = APIRouter(tags=["protection groups"])
+
+
+def vpg_out(vpg: Vpg) -> VpgOut:
+    return VpgOut.model_validate({
+        **vpg.spec, "state": vpg.state, "rpo_seconds": vpg.rpo_seconds,
+        "created_at": vpg.created_at, "updated_at": vpg.updated_at,
+    })  # fmt: skip
+
+
+def _get(db: Db, name: str) -> Vpg:
+    vpg = db.get(Vpg, name)
+    if vpg is None:
+        raise HTTPException(404, f"no VPG {name}")
+    return vpg
+
+
+def _configure(site: Site, name: str) -> CommandRow:
+    async def operation(progress: Progress) -> dict[str, Any]:
+        try:
+            return await site.configure_vpg(name, progress)
+        except Exception:
+            with site.store.session() as db:
+                vpg = db.get(Vpg, name)
+                if vpg is not None:
+                    vpg.state = "error"
+            raise
+
+    return site.commands.start("initial_sync", name, operation)
+
+
+def _members(db: Db, vpg: Vpg) -> None:
+    db.execute(delete(VpgMember).where(VpgMember.vpg == vpg.name))
+    db.add_all(VpgMember(vpg=vpg.name, vm=vm["name"]) for vm in vpg.spec["vms"])
+
+
+@router.get("/vpgs", response_model=list[VpgOut])
+def list_vpgs(db: Db, _caller: Reader) -> list[VpgOut]:
+    return [vpg_out(vpg) for vpg in db.scalars(select(Vpg).order_by(Vpg.name))]
+
+
+@router.get("/vpgs/{name}", response_model=VpgOut)
+def get_vpg(name: str, db: Db, _caller: Reader) -> VpgOut:
+    return vpg_out(_get(db, name))
+
+
+@router.post("/vpgs", response_model=VpgOut, status_code=201)
+async def create_vpg(spec: VpgSpec, site: Site, db: Db, _caller: Admin) -> VpgOut:
+    if db.get(Vpg, spec.name) is not None:
+        raise HTTPException(409, f"VPG {spec.name} exists")
+    await site.validate(db, spec, None)
+    vpg = Vpg(name=spec.name, spec=spec.model_dump(mode="json"), disk_ids={}, links=[])
+    site.allocate_disk_ids(vpg)
+    db.add(vpg)
+    _members(db, vpg)
+    db.commit()
+    _configure(site, vpg.name)
+    return vpg_out(vpg)
+
+
+@router.put("/vpgs/{name}", response_model=VpgOut)
+async def update_vpg(name: str, spec: VpgSpec, site: Site, db: Db, _caller: Admin) -> VpgOut:
+    if spec.name != name:
+        raise HTTPException(400, f"the body names VPG {spec.name}, the path {name}")
+    vpg = _get(db, name)
+    if vpg.test is not None:
+        raise HTTPException(409, f"a failover test of {name} is running: stop it first")
+    wanted = spec.model_dump(mode="json")
+    if wanted != vpg.spec:
+        await site.validate(db, spec, vpg)
+        vpg.spec = wanted
+        site.allocate_disk_ids(vpg)
+        _members(db, vpg)
+        db.commit()
+        _configure(site, name)
+    return vpg_out(vpg)
+
+
+@router.delete("/vpgs/{name}", status_code=204)
+async def delete_vpg(name: str, site: Site, db: Db, _caller: Admin) -> None:
+    vpg = _get(db, name)
+    if vpg.test is not None:
+        raise HTTPException(409, f"a failover test of {name} is running: stop it first")
+    await site.remove_vpg(db, vpg)
+
+
+@router.get("/vpgs/{name}/checkpoints", response_model=list[CheckpointOut])
+async def list_checkpoints(name: str, site: Site, db: Db, _caller: Reader) -> list[CheckpointOut]:
+    _get(db, name)
+    return await site.checkpoints(name)
+
+
+@router.post("/vpgs/{name}/checkpoints", response_model=CheckpointOut, status_code=201)
+async def create_checkpoint(
+    name: str, wanted: CheckpointIn, site: Site, db: Db, _caller: Admin
+) -> CheckpointOut:
+    _get(db, name)
+    return await site.take_checkpoint(name, wanted.tag, wanted.description)
+
+
+@router.post("/vpgs/{name}/failover-test", response_model=CommandOut, status_code=202)
+async def start_failover_test(
+    name: str, wanted: CheckpointChoice, site: Site, db: Db, _caller: Admin
+) -> CommandRow:
+    vpg = _get(db, name)
+    if vpg.test is not None:
+        raise ConflictError(f"a failover test of {name} is already running")
+
+    async def operation(progress: Progress) -> dict[str, Any]:
+        return await site.failover_test_start(name, wanted.model_dump(), progress)
+
+    return site.commands.start("failover_test_start", name, operation)
+
+
+@router.delete("/vpgs/{name}/failover-test", response_model=CommandOut, status_code=202)
+async def stop_failover_test(name: str, site: Site, db: Db, _caller: Admin) -> CommandRow:
+    _get(db, name)
+
+    async def operation(progress: Progress) -> dict[str, Any]:
+        return await site.failover_test_stop(name, progress)
+
+    return site.commands.start("failover_test_stop", name, operation)

@@ -1,0 +1,241 @@
+"""The API's request and response bodies (pydantic): what docs/api.md describes."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from hvds.manager.config import NAME_PATTERN
+
+Name = Annotated[str, Field(pattern=NAME_PATTERN, description="letters, digits, . _ -")]
+
+
+def _as_utc(value: datetime.datetime) -> datetime.datetime:
+    # SQLite hands back naive datetimes; every time the manager stores is UTC.
+    return value if value.tzinfo else value.replace(tzinfo=datetime.UTC)
+
+
+Time = Annotated[datetime.datetime, AfterValidator(_as_utc)]
+
+
+class Body(BaseModel):
+    """Unknown fields are refused: a misspelt setting must not be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Disk(Body):
+    export: Annotated[str, Field(min_length=1, max_length=4096)]
+
+
+class Vm(Body):
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    host: Name
+    disks: Annotated[list[Disk], Field(min_length=1, max_length=64)]
+
+
+class Target(Body):
+    site: Name
+    host: Name
+    datastore: Name
+
+
+class VpgSpec(Body):
+    name: Name
+    vms: Annotated[list[Vm], Field(min_length=1, max_length=256)]
+    targets: Annotated[list[Target], Field(min_length=1, max_length=8)]
+    rpo_alert_seconds: Annotated[int, Field(ge=60, le=864_200)] = 300
+    journal_history_hours: Annotated[float, Field(gt=0, le=30 * 24)] = 1.0
+    journal_size_limit_bytes: Annotated[int, Field(ge=64 * 1024**2)] = 150 * 1024**3
+    checkpoint_interval_seconds: Annotated[float, Field(ge=0.1, le=3600)] = 5.0
+    priority: Literal["low", "medium", "high"] = "medium"
+    compression: bool = True
+    bandwidth_limit_bytes: Annotated[int, Field(ge=0)] = 0
+
+    @model_validator(mode="after")
+    def _unique(self) -> VpgSpec:
+        vms = [vm.name for vm in self.vms]
+        if len(set(vms)) != len(vms):
+            raise ValueError("a VM is listed twice")
+        disks = [(vm.host, disk.export) for vm in self.vms for disk in vm.disks]
+        if len(set(disks)) != len(disks):
+            raise ValueError("a disk is listed twice")
+        sites = [target.site for target in self.targets]
+        if len(set(sites)) != len(sites):
+            raise ValueError("one target per site")
+        return self
+
+
+VpgState = Literal["initializing", "syncing", "protected", "testing", "error"]
+
+
+class VpgOut(VpgSpec):
+    model_config = ConfigDict(extra="forbid", from_attributes=True)
+    state: VpgState
+    rpo_seconds: float | None
+    created_at: Time
+    updated_at: Time
+
+
+class CheckpointIn(Body):
+    tag: Annotated[str, Field(min_length=1, max_length=200)]
+    description: Annotated[str, Field(max_length=2000)] = ""
+
+
+class CheckpointOut(BaseModel):
+    id: int = Field(description="the cut's time in nanoseconds since the epoch")
+    time: Time
+    tag: str
+    description: str
+
+
+class CheckpointChoice(Body):
+    checkpoint: int | None = Field(default=None, description="a checkpoint id; default latest")
+    tag: str | None = Field(default=None, description="or the newest checkpoint with this tag")
+
+
+class CommandOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: int
+    kind: str
+    vpg: str | None
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    progress: int
+    started_at: Time
+    ended_at: Time | None
+    result: dict[str, Any] | None
+    error: str | None
+
+
+class DatastoreReport(Body):
+    name: Name
+    path: str
+    total_bytes: Annotated[int, Field(ge=0)]
+    free_bytes: Annotated[int, Field(ge=0)]
+
+
+class ExportReport(Body):
+    name: str
+    size: Annotated[int, Field(ge=0)]
+
+
+class Heartbeat(Body):
+    version: str
+    control_url: str
+    replication_address: str
+    exports: list[ExportReport]
+    datastores: list[DatastoreReport]
+    status: dict[str, Any]
+
+
+class HostOut(BaseModel):
+    name: str
+    state: Literal["up", "down"]
+    version: str
+    last_seen: Time
+    exports: list[ExportReport]
+    datastores: list[DatastoreReport]
+    vpgs: dict[str, Any] = Field(description="the VDSA's replication state, per VPG and role")
+
+
+class Alert(BaseModel):
+    kind: str
+    subject: str
+    message: str
+
+
+class Health(BaseModel):
+    status: Literal["ok", "degraded"]
+    hosts_up: int
+    hosts_down: int
+    alerts: list[Alert]
+
+
+class SiteOut(BaseModel):
+    name: str
+    version: str
+    health: Health
+
+
+class PairingTokenOut(BaseModel):
+    token: str
+    expires_at: Time
+
+
+class PeerIn(Body):
+    url: Annotated[str, Field(pattern=r"^https?://")]
+    pairing_token: Annotated[str, Field(min_length=10, max_length=200)]
+    ca_pem: str = Field(default="", description="PEM CA that signs the peer's API certificate")
+
+
+class PeerOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    name: str
+    url: str
+    paired_at: Time
+
+
+class PairingIn(Body):
+    """A peer's side of pairing (manager to manager)."""
+
+    site: Name
+    url: Annotated[str, Field(pattern=r"^https?://")]
+    pairing_token: Annotated[str, Field(min_length=10, max_length=200)]
+    token: Annotated[str, Field(min_length=10, max_length=200)]
+
+
+class PairingOut(BaseModel):
+    site: str
+    token: str
+
+
+class DatastoreOut(BaseModel):
+    name: str
+    free_bytes: int
+
+
+class TopologyHost(BaseModel):
+    name: str
+    state: Literal["up", "down"]
+    datastores: list[DatastoreOut]
+
+
+class Topology(BaseModel):
+    site: str
+    hosts: list[TopologyHost]
+
+
+class ReplicaDisk(Body):
+    disk: Annotated[int, Field(ge=1)]
+    name: str
+    size: Annotated[int, Field(gt=0)]
+    source: str = ""
+
+
+class ReplicaIn(Body):
+    """What a source site asks of this one for a VPG it protects here (manager to manager)."""
+
+    host: Name
+    datastore: Name
+    disks: Annotated[list[ReplicaDisk], Field(min_length=1)]
+    journal_history_hours: float
+    journal_size_limit_bytes: int
+
+
+class ReplicaOut(BaseModel):
+    address: str = Field(description="the target VDSA's replication address")
+    server_name: str = Field(description="the name its TLS certificate carries")
+    latest_checkpoint: CheckpointOut | None
+
+
+class ViewOut(BaseModel):
+    disk: str
+    export: str
+    uri: str
+
+
+class ViewsOut(BaseModel):
+    checkpoint: CheckpointOut
+    views: list[ViewOut]
