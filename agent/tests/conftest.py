@@ -9,6 +9,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from harness import Lab
+from sites import TwoSites
 
 
 @pytest.fixture
@@ -18,3 +19,13 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
         yield lab
     finally:
         lab.stop()
+
+
+@pytest.fixture
+def sites(tmp_path: Path) -> Iterator[TwoSites]:
+    sites = TwoSites(tmp_path)
+    try:
+        sites.start()
+        yield sites
+    finally:
+        sites.stop()

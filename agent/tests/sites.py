@@ -1,0 +1,83 @@
+"""Two sites for the site manager's tests: each a manager with its host's VDSA (and, at site A,
+a tap) as real processes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from harness import Lab, Manager, Vdsa, wait_for
+
+from hvds.pki import CertificateAuthority
+
+MiB = 1024 * 1024
+
+
+class TwoSites:
+    """Site A: manager, host a1 (VDSA + tap serving vm1-disk0). Site B: manager, host b1
+    (VDSA with datastore ds1)."""
+
+    def __init__(self, root: Path) -> None:
+        ca = CertificateAuthority(root / "pki")
+        self.ca = ca
+        self.manager_a = Manager(root / "manager-a", "site-a", ca.issue("manager-a", ["127.0.0.1"]))
+        self.manager_b = Manager(root / "manager-b", "site-b", ca.issue("manager-b", ["127.0.0.1"]))
+        self.admin_a = self.manager_a.token("admin", "admin")
+        self.admin_b = self.manager_b.token("admin", "admin")
+        self.tap = Lab(root / "a1")
+        self.tap.root.mkdir()
+        self.disk = self.tap.add_disk("vm1-disk0", 32 * MiB)
+        self.tap.write_config()
+        self.vdsa_a = self._vdsa(root / "a1" / "vdsa", "a1", self.manager_a)
+        self.vdsa_a.settings["tap_config"] = str(self.tap.config_path)
+        self.vdsa_b = self._vdsa(root / "b1" / "vdsa", "b1", self.manager_b)
+        self.vdsa_b.target_role = True
+        datastore = root / "b1" / "ds1"
+        datastore.mkdir(parents=True)
+        self.vdsa_b.sections["datastore"] = [{"name": "ds1", "path": str(datastore)}]
+
+    def _vdsa(self, root: Path, name: str, manager: Manager) -> Vdsa:
+        vdsa = Vdsa(root, name, self.ca.issue(name))
+        token_file = root / "manager.token"
+        root.mkdir(parents=True)
+        token_file.write_text(manager.token(name, "host"))
+        vdsa.settings["managed_config"] = str(root / "managed.json")
+        vdsa.sections["manager"] = {
+            "url": manager.url, "token_file": str(token_file), "ca": str(self.ca.path),
+            "heartbeat_interval": 0.3,
+        }  # fmt: skip
+        return vdsa
+
+    def start(self) -> None:
+        self.manager_a.start()
+        self.manager_b.start()
+        self.vdsa_b.start()
+        self.vdsa_a.start()
+        self.tap.start_tap(vdsa_socket=str(self.vdsa_a.tap_socket))
+
+    def pair(self) -> None:
+        pairing = self.manager_b.ok("POST", "/pairing-tokens", self.admin_b)
+        self.manager_a.ok("POST", "/peers", self.admin_a, {
+            "url": self.manager_b.url, "pairing_token": pairing["token"],
+            "ca_pem": self.ca.path.read_text(),
+        })  # fmt: skip
+
+    def vpg(self, **settings: Any) -> dict[str, Any]:
+        return {
+            "name": "erp",
+            "vms": [{"name": "vm1", "host": "a1", "disks": [{"export": "vm1-disk0"}]}],
+            "targets": [{"site": "site-b", "host": "b1", "datastore": "ds1"}],
+            "checkpoint_interval_seconds": 1,
+            **settings,
+        }
+
+    def wait_state(self, name: str, state: str, timeout: float = 60) -> None:
+        wait_for(
+            lambda: self.manager_a.ok("GET", f"/vpgs/{name}", self.admin_a)["state"] == state,
+            timeout, f"VPG {name} {state}",
+        )  # fmt: skip
+
+    def stop(self) -> None:
+        self.tap.stop()
+        for service in (self.vdsa_a, self.vdsa_b, self.manager_a, self.manager_b):
+            service.stop()
