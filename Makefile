@@ -5,7 +5,7 @@ VENV ?= $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: setup test unit integration lint demo bench
+.PHONY: setup test unit integration lint demo bench ansible-check ansible-units
 
 setup:
 	@bash scripts/setup.sh
@@ -19,7 +19,7 @@ unit: setup
 integration: setup
 	cd agent && pytest -q tests/integration
 
-test: setup lint
+test: setup lint ansible-check ansible-units
 	cd agent && pytest -q -ra tests
 
 demo: setup
@@ -28,3 +28,12 @@ demo: setup
 bench: setup
 	$(PY) bench/tap_bench.py
 	$(PY) bench/replication_bench.py
+
+# The Ansible collection (the repo root): a tree build/ansible_collections/hvds/replication, then
+# ansible-test sanity (empty ignore file) and ansible-lint --profile production in it.
+ansible-check: setup
+	bash scripts/ansible-check.sh tree sanity lint
+
+# Unit tests of the collection's plugins (tests/unit/plugins), run from the same tree.
+ansible-units: setup
+	bash scripts/ansible-check.sh tree units

@@ -1,0 +1,291 @@
+# Copyright: (c) 2025, hvds founding engineers
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+"""Fixtures for the plugins' unit tests.
+
+`manager` is a small site manager speaking docs/api.md over real HTTP on 127.0.0.1: enough of the
+API (in memory) for the modules' get -> compare -> change, so that the tests run the modules'
+`main()` end to end through ApiClient and ansible.module_utils.urls. The integration tests run
+the same modules against the real hvds-manager.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import re
+import threading
+from contextlib import redirect_stdout
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from ansible.module_utils.testing import patch_module_args
+
+TOKEN = "admin-token-0123456789"
+PAIRING_TOKEN = "pairing-token-0123456789"
+VPG_DEFAULTS = {
+    "rpo_alert_seconds": 300,
+    "journal_history_hours": 1.0,
+    "journal_size_limit_bytes": 161061273600,
+    "checkpoint_interval_seconds": 5.0,
+    "priority": "medium",
+    "compression": True,
+    "bandwidth_limit_bytes": 0,
+}
+VPG_FIELDS = {"name", "vms", "targets"} | set(VPG_DEFAULTS)
+NOW = "2025-01-01T10:00:00Z"
+
+
+class FakeManager:
+    """In-memory state and the routes of the API; `replies` scripts answers for the next requests."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.requests = []  # (method, path, body) of every request that reached a route
+        self.replies = []  # (status, body, headers) answered instead, first in first out
+        self.peers = []
+        self.hosts = [
+            {"name": "host-a1", "state": "up", "version": "0.1.0", "last_seen": NOW,
+             "exports": [{"name": "erp-db-disk0", "size": 1 << 30}],
+             "datastores": [{"name": "ds1", "path": "/ds1", "total_bytes": 1 << 40, "free_bytes": 1 << 39}],
+             "vpgs": {}},
+        ]
+        self.vpgs = {}
+        self.checkpoints = {}
+        self.commands = []
+        self.command_polls = 2  # GETs of a running command before it ends
+        self.failing_command = None  # kind of command that ends failed
+
+    def changes(self):
+        return [(request[0], request[1]) for request in self.requests if request[0] != "GET"]
+
+    def handle(self, method, path, body):
+        with self.lock:
+            if self.replies:
+                return self.replies.pop(0)
+            self.requests.append((method, path, body))
+            for pattern, route in self.ROUTES:
+                match = re.fullmatch(pattern, path)
+                if match and route[0] == method:
+                    return getattr(self, route[1])(body, *match.groups())
+            return 404, {"detail": "no route %s %s" % (method, path)}, {}
+
+    ROUTES = [
+        (r"/api/v1/site", ("GET", "get_site")),
+        (r"/api/v1/peers", ("GET", "list_peers")),
+        (r"/api/v1/peers", ("POST", "pair")),
+        (r"/api/v1/peers/([^/]+)", ("DELETE", "unpair")),
+        (r"/api/v1/peers/([^/]+)/topology", ("GET", "topology")),
+        (r"/api/v1/hosts", ("GET", "list_hosts")),
+        (r"/api/v1/hosts/([^/]+)", ("GET", "get_host")),
+        (r"/api/v1/vpgs", ("GET", "list_vpgs")),
+        (r"/api/v1/vpgs", ("POST", "create_vpg")),
+        (r"/api/v1/vpgs/([^/]+)", ("GET", "get_vpg")),
+        (r"/api/v1/vpgs/([^/]+)", ("PUT", "put_vpg")),
+        (r"/api/v1/vpgs/([^/]+)", ("DELETE", "delete_vpg")),
+        (r"/api/v1/vpgs/([^/]+)/checkpoints", ("GET", "list_checkpoints")),
+        (r"/api/v1/vpgs/([^/]+)/checkpoints", ("POST", "take_checkpoint")),
+        (r"/api/v1/vpgs/([^/]+)/failover-test", ("POST", "start_test")),
+        (r"/api/v1/vpgs/([^/]+)/failover-test", ("DELETE", "stop_test")),
+        (r"/api/v1/commands", ("GET", "list_commands")),
+        (r"/api/v1/commands/(\d+)", ("GET", "get_command")),
+    ]
+
+    def get_site(self, _body):
+        up = sum(1 for host in self.hosts if host["state"] == "up")
+        return 200, {"name": "site-a", "version": "0.1.0",
+                     "health": {"status": "ok", "hosts_up": up, "hosts_down": len(self.hosts) - up, "alerts": []}}, {}
+
+    def list_peers(self, _body):
+        return 200, self.peers, {}
+
+    def pair(self, body):
+        if body.get("pairing_token") != PAIRING_TOKEN:
+            return 400, {"detail": "the pairing token is wrong or used"}, {}
+        peer = {"name": "site-b", "url": body["url"], "paired_at": NOW}
+        self.peers.append(peer)
+        return 201, peer, {}
+
+    def unpair(self, _body, name):
+        for peer in self.peers:
+            if peer["name"] == name:
+                self.peers.remove(peer)
+                return 204, None, {}
+        return 404, {"detail": "no peer named %s" % name}, {}
+
+    def topology(self, _body, name):
+        host = {"name": "host-b1", "state": "up", "datastores": [{"name": "ds1", "free_bytes": 1 << 40}]}
+        return 200, {"site": name, "hosts": [host]}, {}
+
+    def list_hosts(self, _body):
+        return 200, self.hosts, {}
+
+    def get_host(self, _body, name):
+        for host in self.hosts:
+            if host["name"] == name:
+                return 200, host, {}
+        return 404, {"detail": "no host named %s" % name}, {}
+
+    def list_vpgs(self, _body):
+        return 200, list(self.vpgs.values()), {}
+
+    def get_vpg(self, _body, name):
+        if name not in self.vpgs:
+            return 404, {"detail": "no VPG named %s" % name}, {}
+        return 200, self.vpgs[name], {}
+
+    def _invalid(self, body):
+        unknown = sorted(set(body) - VPG_FIELDS)
+        if unknown:
+            return 422, {"detail": [{"loc": ["body", key], "msg": "Extra inputs are not permitted"} for key in unknown]}, {}
+        return None
+
+    def create_vpg(self, body):
+        refused = self._invalid(body)
+        if refused:
+            return refused
+        if body["name"] in self.vpgs:
+            return 409, {"detail": "a VPG named %s exists" % body["name"]}, {}
+        vpg = dict(VPG_DEFAULTS, **body)
+        vpg.update(state="protected", rpo_seconds=None, created_at=NOW, updated_at=NOW)
+        self.vpgs[body["name"]] = vpg
+        self.checkpoints[body["name"]] = []
+        return 201, vpg, {}
+
+    def put_vpg(self, body, name):
+        refused = self._invalid(body)
+        if refused:
+            return refused
+        if name not in self.vpgs:
+            return 404, {"detail": "no VPG named %s" % name}, {}
+        if body.get("name") != name:
+            return 400, {"detail": "the name in the path and the body differ"}, {}
+        vpg = self.vpgs[name]
+        vpg.update(dict(VPG_DEFAULTS, **body))
+        vpg["updated_at"] = "2025-01-01T11:00:00Z"
+        return 200, vpg, {}
+
+    def delete_vpg(self, _body, name):
+        if self.vpgs.pop(name, None) is None:
+            return 404, {"detail": "no VPG named %s" % name}, {}
+        return 204, None, {}
+
+    def list_checkpoints(self, _body, name):
+        if name not in self.vpgs:
+            return 404, {"detail": "no VPG named %s" % name}, {}
+        return 200, self.checkpoints[name], {}
+
+    def take_checkpoint(self, body, name):
+        if name not in self.vpgs:
+            return 404, {"detail": "no VPG named %s" % name}, {}
+        checkpoint = {"id": 1735725600000000000 + len(self.checkpoints[name]), "time": NOW,
+                      "tag": body["tag"], "description": body.get("description", "")}
+        self.checkpoints[name].append(checkpoint)
+        return 201, checkpoint, {}
+
+    def _command(self, kind, vpg):
+        command = {"id": len(self.commands) + 1, "kind": kind, "vpg": vpg, "status": "running",
+                   "progress": 0, "started_at": NOW, "ended_at": None, "result": None, "error": None,
+                   "polls": self.command_polls}
+        self.commands.insert(0, command)
+        return 202, self._public(command), {}
+
+    def start_test(self, _body, name):
+        if self.vpgs[name]["state"] == "testing":
+            return 409, {"detail": "a failover test is running"}, {}
+        return self._command("failover_test_start", name)
+
+    def stop_test(self, _body, name):
+        if self.vpgs[name]["state"] != "testing":
+            return 409, {"detail": "no failover test is running"}, {}
+        return self._command("failover_test_stop", name)
+
+    @staticmethod
+    def _public(command):
+        return dict((key, value) for key, value in command.items() if key != "polls")
+
+    def _advance(self, command):
+        if command["status"] == "running":
+            command["polls"] -= 1
+            if command["polls"] <= 0:
+                command.update(progress=100, ended_at=NOW)
+                if command["kind"] == self.failing_command:
+                    command.update(status="failed", error="no target answered")
+                else:
+                    command.update(status="succeeded", result={})
+                    testing = command["kind"] == "failover_test_start"
+                    self.vpgs[command["vpg"]]["state"] = "testing" if testing else "protected"
+        return self._public(command)
+
+    def list_commands(self, _body):
+        return 200, [self._public(command) for command in self.commands], {}
+
+    def get_command(self, _body, command_id):
+        for command in self.commands:
+            if command["id"] == int(command_id):
+                return 200, self._advance(command), {}
+        return 404, {"detail": "no command %s" % command_id}, {}
+
+
+class Handler(BaseHTTPRequestHandler):
+    fake = None
+
+    def log_message(self, *args):  # quiet
+        pass
+
+    def _serve(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        body = json.loads(self.rfile.read(length)) if length else None
+        if self.headers.get("Authorization") != "Bearer " + TOKEN:
+            status, reply, headers = 401, {"detail": "no or wrong token"}, {}
+        else:
+            status, reply, headers = self.fake.handle(self.command, self.path, body)
+        data = b"" if reply is None else json.dumps(reply).encode()
+        self.send_response(status)
+        for key, value in headers.items():
+            self.send_header(key, value)
+        if data:
+            self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST = do_PUT = do_DELETE = _serve
+
+
+@pytest.fixture
+def manager():
+    """A FakeManager serving on 127.0.0.1; `manager.url` is its base URL."""
+    fake = FakeManager()
+    handler = type("BoundHandler", (Handler,), {"fake": fake})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    fake.url = "http://127.0.0.1:%d" % server.server_address[1]
+    yield fake
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def run_module(manager, monkeypatch):
+    """Run a module's main() with the given args against `manager`: its result dict.
+
+    `check=True` and `diff=True` run it as `--check` and `--diff` do; `connect=False` leaves out
+    `url` and `token`. Retries do not sleep.
+    """
+    monkeypatch.setattr("time.sleep", lambda seconds: None)
+
+    def run(module, args, check=False, diff=False, connect=True):
+        full = dict(_ansible_check_mode=check, _ansible_diff=diff)
+        if connect:
+            full.update(url=manager.url, token=TOKEN)
+        full.update(copy.deepcopy(args))
+        out = io.StringIO()
+        with patch_module_args(full), redirect_stdout(out), pytest.raises(SystemExit):
+            module.main()
+        return json.loads(out.getvalue())
+
+    return run
