@@ -30,6 +30,8 @@ class BlockBackend(Protocol):
 
     async def zero(self, offset: int, length: int) -> None: ...
 
+    async def flush(self) -> None: ...
+
 
 class BackendCatalog:
     """The exports of one server, by name; implements the core's ExportCatalog."""
@@ -99,7 +101,8 @@ class BackendClient(NbdProtocol):
                 await backend.zero(request.offset, request.length)
             elif request.command is Command.BLOCK_STATUS:
                 return [conn.reply_block_status(request.handle, [(request.length, 0)])]
-            # FLUSH and CACHE: nothing to do for a view, whose writes are thrown away.
+            elif request.command is Command.FLUSH:
+                await backend.flush()  # a failover's VMs write data that must last
             return [conn.reply(request.handle)]
         except (OSError, LookupError, ValueError) as exc:
             log.error("%s %s at %d+%d failed: %s", backend.info.name, request.command.name,

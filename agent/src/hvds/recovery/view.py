@@ -4,6 +4,11 @@ Reads come from the target's journal (``read_at``: the mirror plus the undo data
 intervals since the checkpoint) overlaid by a scratch file that takes the view's writes; closing
 the view throws the scratch away. Opening one copies nothing, whatever the disk's size.
 Replication goes on meanwhile: journal reads take the journal's lock, as batches do.
+
+A live failover runs its VMs on views too, until it is committed or rolled back (decision 0011):
+then the scratch is a named file that outlives a restart of the VDSA. Which of its blocks hold
+the VMs' data is the file's own allocation (a written 4 KiB block is allocated, an unwritten
+one is a hole), so a FLUSH (fsync) makes data and map durable together.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from hvds.disk import Disk
+from hvds.nbd.constants import AllocationFlag
 from hvds.nbd.server import ExportInfo
 
 SCRATCH_BLOCK = 4096
@@ -25,17 +31,39 @@ ReadAt = Callable[[int, int], bytes]  # (offset, length) -> bytes at the checkpo
 
 class CheckpointView:
     def __init__(
-        self, info: ExportInfo, read_at: ReadAt, lock: threading.Lock, scratch_dir: Path
+        self,
+        info: ExportInfo,
+        read_at: ReadAt,
+        lock: threading.Lock,
+        scratch_dir: Path,
+        scratch_name: str | None = None,
     ) -> None:
+        """``scratch_name``: keep the scratch as this file in ``scratch_dir`` (a failover's),
+        taking up the blocks it already holds; otherwise it is a temporary file."""
         self.info = info
         self._read_at = read_at
         self._lock = lock
-        fd, name = tempfile.mkstemp(prefix=f"{info.name}.", suffix=".scratch", dir=scratch_dir)
-        os.close(fd)
-        self.scratch_path = Path(name)
+        if scratch_name is None:
+            fd, name = tempfile.mkstemp(prefix=f"{info.name}.", suffix=".scratch", dir=scratch_dir)
+            os.close(fd)
+            self.scratch_path = Path(name)
+        else:
+            self.scratch_path = scratch_dir / scratch_name
+            self.scratch_path.touch()
         os.truncate(self.scratch_path, info.size)
         self._scratch = Disk(self.scratch_path)
-        self._written: set[int] = set()  # scratch blocks that hold the view's own data
+        # Scratch blocks that hold the view's own data: the allocated ones.
+        self._written: set[int] = set(self._allocated_blocks())
+
+    def _allocated_blocks(self) -> list[int]:
+        blocks: list[int] = []
+        offset = 0
+        for length, flags in self._scratch.extents(0, self.info.size, limit=1 << 30):
+            if not flags & AllocationFlag.HOLE:
+                first, last = offset // SCRATCH_BLOCK, (offset + length - 1) // SCRATCH_BLOCK
+                blocks.extend(range(first, last + 1))
+            offset += length
+        return blocks
 
     def _base(self, offset: int, length: int) -> bytes:
         with self._lock:
@@ -77,6 +105,24 @@ class CheckpointView:
             await self.write(offset, bytes(piece))
             offset += piece
 
-    def close(self) -> None:
+    async def flush(self) -> None:
+        await asyncio.to_thread(self._scratch.flush)
+
+    def written_bytes(self) -> int:
+        return len(self._written) * SCRATCH_BLOCK
+
+    def merge_into(self, write: Callable[[int, bytes], None]) -> int:
+        """Hand every block the view wrote to ``write`` (offset, data): a failover's commit puts
+        them on the mirror. Returns the bytes handed over."""
+        merged = 0
+        for block in sorted(self._written):
+            start = block * SCRATCH_BLOCK
+            length = min(SCRATCH_BLOCK, self.info.size - start)
+            write(start, self._scratch.read(start, length))
+            merged += length
+        return merged
+
+    def close(self, discard: bool = True) -> None:
         self._scratch.close()
-        self.scratch_path.unlink(missing_ok=True)
+        if discard:
+            self.scratch_path.unlink(missing_ok=True)

@@ -18,6 +18,7 @@ from hvds.tls import client_context, server_context
 from hvds.vdsa.analysis import keep_analyzing, summary
 from hvds.vdsa.config import ManagedVpgs, VdsaConfig
 from hvds.vdsa.control import Handler, serve_control
+from hvds.vdsa.failover import Failovers
 from hvds.vdsa.receiver import serve_taps
 from hvds.vdsa.source import VpgSource
 from hvds.vdsa.source_taps import SourceRouter
@@ -64,6 +65,7 @@ class VdsaService:
         self.views = BackendCatalog()  # point-in-time views being served, by export name
         self._view_numbers = itertools.count(1)
         self._view_states: dict[str, TargetVpgState] = {}
+        self.failovers: Failovers | None = None  # the target role's live failovers
 
     async def start(self) -> None:
         config = self.config
@@ -71,7 +73,16 @@ class VdsaService:
         if config.target_vpg:
             assert config.tls is not None and settings.listen is not None
             assert settings.journal_dir is not None
+            failovers = self.failovers = Failovers(
+                settings.journal_dir / "failover",
+                settings.view_socket or settings.journal_dir / "views.sock",
+                self.views,
+                self.targets,
+            )
+            failovers.read()
             for replica in config.target_vpg:
+                if failovers.committed(replica.name):
+                    continue  # its mirrors are live disks now; its journal is gone
                 for source_id in replica.sources:
                     label = journal_label(replica.name, source_id)
                     try:
@@ -87,7 +98,8 @@ class VdsaService:
                     state.snapshot()
                     self.targets[state.label] = state
                     self._tasks.append(asyncio.create_task(keep_analyzing(state)))
-            target = TargetServer(self.targets, self.failed)
+            failovers.resume()
+            target = TargetServer(self.targets, self.failed, failovers.refused)
             server = await asyncio.start_server(
                 target.handle,
                 settings.listen.host,
@@ -121,6 +133,9 @@ class VdsaService:
                 "release": self._release,
                 "status": self.status,
                 "configure": self._configure,
+                "failover": self._failover,
+                "failover_rollback": self._failover_rollback,
+                "failover_commit": self._failover_commit,
             }
             self._servers.append(await serve_control(settings.control_socket, handlers))
 
@@ -129,7 +144,9 @@ class VdsaService:
             server.close()
         for task in self._tasks:
             task.cancel()
-        for name in list(self.views.backends):
+        if self.failovers is not None:
+            self.failovers.close()
+        for name in list(self._view_states):
             self._view_close({"export": name})
         for source in self.sources:
             await source.stop()
@@ -230,6 +247,29 @@ class VdsaService:
         # After this answer is written: the restart closes the control socket too.
         asyncio.get_running_loop().call_later(0.1, self.reconfigured.set)
         return {"changed": True}
+
+    def _failovers(self) -> Failovers:
+        if self.failovers is None:
+            raise ValueError("this VDSA keeps no replicas: nothing to fail over")
+        return self.failovers
+
+    def _failover(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Fail a VPG over to a checkpoint: views the recovered VMs run on (decision 0011)."""
+        name = str(request["vpg"])
+        parts = [state for state in self.targets.values() if state.config.name == name]
+        if not parts:
+            raise KeyError(f"no VPG {name!r} is replicated to this host")
+        checkpoint = _find_checkpoint(parts[0].checkpoints, request)
+        return self._failovers().start(name, checkpoint.time_ns)
+
+    def _failover_rollback(self, request: dict[str, Any]) -> dict[str, Any]:
+        return self._failovers().rollback(str(request["vpg"]))
+
+    async def _failover_commit(self, request: dict[str, Any]) -> dict[str, Any]:
+        done = await asyncio.to_thread(self._failovers().commit, str(request["vpg"]))
+        # The committed VPG's journal is gone: restart the roles without it.
+        asyncio.get_running_loop().call_later(0.1, self.reconfigured.set)
+        return done
 
     def _source(self, request: dict[str, Any]) -> VpgSource:
         name = str(request["vpg"])

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import ssl
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,9 +113,13 @@ def open_journal(config: TargetVpg, journal_dir: Path, source: str = "") -> Jour
 
 
 class TargetServer:
-    def __init__(self, vpgs: dict[str, TargetVpgState], failed: dict[str, str]) -> None:
+    def __init__(
+        self, vpgs: dict[str, TargetVpgState], failed: dict[str, str],
+        refused: Callable[[str], str | None],
+    ) -> None:  # fmt: skip
         self.vpgs = vpgs
         self.failed = failed  # journals that could not be opened: their sources are refused
+        self.refused = refused  # why a VPG's source may not write here (a failover), if so
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
@@ -158,6 +162,9 @@ class TargetServer:
                     f"the journal of {label} is damaged ({self.failed[label]}): "
                     "it must be recreated and the VPG fully resynced"
                 )
+        refusal = self.refused(name)
+        if refusal is not None:
+            raise ReplicationProtocolError(refusal)
         vpg = self.vpgs.get(journal_label(name, source)) or self.vpgs.get(name)
         if vpg is None:
             raise ReplicationProtocolError(f"no VPG {name!r} from {source!r} is replicated here")
