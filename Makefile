@@ -30,10 +30,11 @@ bench: setup
 	$(PY) bench/replication_bench.py
 
 # The Ansible collection (the repo root): a tree build/ansible_collections/hvds/replication, then
-# ansible-test sanity (empty ignore file) and ansible-lint --profile production in it.
+# ansible-test sanity (empty ignore file) and ansible-lint --profile production in it, then
+# ansible-galaxy collection build/install of it and ansible-doc -l of the installed modules.
 ansible-check: setup
-	bash scripts/ansible-check.sh tree sanity lint
+	bash scripts/ansible-check.sh tree sanity lint galaxy
 
-# Unit tests of the collection's plugins (tests/unit/plugins), run from the same tree.
+# Unit tests of the collection's plugins (tests/unit/plugins): ansible-test units in the same tree.
 ansible-units: setup
 	bash scripts/ansible-check.sh tree units

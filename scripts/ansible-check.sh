@@ -3,8 +3,11 @@
 #   tree    copy the collection's files to build/ansible_collections/hvds/replication
 #   sanity  ansible-test sanity --python 3.11 --venv, with an empty tests/sanity/ignore-2.19.txt
 #   lint    ansible-lint --profile production
-#   units   pytest on tests/unit, importing the collection as ansible_collections.hvds.replication
-# With no argument: tree, sanity, lint. Runs as root on a fresh Debian 12 once scripts/setup.sh
+#   galaxy  ansible-galaxy collection build of the tree, install of the tarball into build/,
+#           and every module of plugins/modules listed by `ansible-doc -l hvds.replication`
+#   units   ansible-test units --python 3.11 --venv (tests/unit/plugins)
+#   pytest  the same tests with the project's pytest, quicker while working on them
+# With no argument: tree, sanity, lint, galaxy. Runs as root on a fresh Debian 12 once scripts/setup.sh
 # has made .venv; safe to run again (the tree is rebuilt from scratch each time).
 set -euo pipefail
 
@@ -64,20 +67,46 @@ lint() {
   (cd "$tree" && ansible-lint --profile production --offline --nocolor)
 }
 
+galaxy() {
+  local dist="$repo/build/dist" installed="$repo/build/installed"
+  rm -rf "$dist" "$installed"
+  ansible-galaxy collection build --output-path "$dist" "$tree"
+  ansible-galaxy collection install --offline -p "$installed" "$dist"/hvds-replication-*.tar.gz
+  local listed want missing=()
+  listed="$(ANSIBLE_COLLECTIONS_PATH="$installed" ansible-doc -t module -l hvds.replication)"
+  for want in "$tree"/plugins/modules/*.py; do
+    want="hvds.replication.$(basename "$want" .py)"
+    grep -q "^$want " <<<"$listed" || missing+=("$want")
+  done
+  if ((${#missing[@]})); then
+    echo "ansible-check: not listed by ansible-doc from the installed tarball: ${missing[*]}" >&2
+    exit 1
+  fi
+  echo "ansible-check: the tarball installs; ansible-doc lists its $(grep -c '^hvds\.replication\.' <<<"$listed") modules"
+}
+
 units() {
+  provide_get_pip
+  # Like sanity: a virtualenv of ansible-test's own (pytest, pytest-xdist, pytest-mock), reused.
+  (cd "$tree" && ansible-test units --python 3.11 --venv --color no)
+}
+
+run_pytest() {
   # The tree's parent of ansible_collections/ on sys.path makes the collection importable as
-  # ansible_collections.hvds.replication, as ansible-test units does, without its containers.
+  # ansible_collections.hvds.replication, as ansible-test units does.
   (cd "$tree" && PYTHONPATH="$repo/build" python -m pytest -q -p no:cacheprovider tests/unit)
 }
 
 steps=("$@")
-((${#steps[@]})) || steps=(tree sanity lint)
+((${#steps[@]})) || steps=(tree sanity lint galaxy)
 for step in "${steps[@]}"; do
   case "$step" in
     tree) build_tree ;;
     sanity) sanity ;;
     lint) lint ;;
+    galaxy) galaxy ;;
     units) units ;;
-    *) echo "usage: $0 [tree|sanity|lint|units]..." >&2; exit 2 ;;
+    pytest) run_pytest ;;
+    *) echo "usage: $0 [tree|sanity|lint|galaxy|units|pytest]..." >&2; exit 2 ;;
   esac
 done
