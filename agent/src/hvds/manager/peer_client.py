@@ -31,7 +31,7 @@ async def call(
             response = await client.request(
                 method, f"{url.rstrip('/')}/api/v1{path}", json=json, headers=headers
             )
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
         raise PeerError(f"{url} unreachable: {exc}") from exc
     if response.status_code >= 400:
         try:

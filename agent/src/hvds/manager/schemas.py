@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime
+import ssl
 from typing import Annotated, Any, Literal
 
+import httpx
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from hvds.manager.config import NAME_PATTERN
@@ -18,6 +20,35 @@ def _as_utc(value: datetime.datetime) -> datetime.datetime:
 
 
 Time = Annotated[datetime.datetime, AfterValidator(_as_utc)]
+
+
+def _site_url(value: str) -> str:
+    try:
+        url = httpx.URL(value)
+    except httpx.InvalidURL as exc:
+        raise ValueError(f"not a URL: {exc}") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError("expected http(s)://HOST[:PORT]")
+    return value
+
+
+def _ca_bundle(value: str) -> str:
+    if value:
+        try:
+            ssl.create_default_context(cadata=value)
+        except (ssl.SSLError, ValueError, TypeError) as exc:  # TypeError: not ASCII
+            raise ValueError(f"not PEM CA certificates: {exc}") from None
+    return value
+
+
+SiteUrl = Annotated[
+    str, Field(max_length=500, description="https://HOST[:PORT] of a site's manager"),
+    AfterValidator(_site_url),
+]  # fmt: skip
+CaPem = Annotated[
+    str, Field(description="PEM CA that signs the peer's API certificate; empty: the system's"),
+    AfterValidator(_ca_bundle),
+]  # fmt: skip
 
 
 class Body(BaseModel):
@@ -122,9 +153,15 @@ class ExportReport(Body):
 
 
 class Heartbeat(Body):
-    version: str
-    control_url: str
-    replication_address: str
+    version: Annotated[str, Field(max_length=50)]
+    control_url: Annotated[
+        str, Field(pattern=r"^((unix|tls)://\S+)?$", max_length=500,
+                   description="where it takes control requests: unix://PATH or tls://HOST:PORT")
+    ]  # fmt: skip
+    replication_address: Annotated[
+        str, Field(pattern=r"^(\S+:[0-9]{1,5})?$", max_length=300,
+                   description="HOST:PORT of its replication listener; empty: it is no target")
+    ]  # fmt: skip
     exports: list[ExportReport]
     datastores: list[DatastoreReport]
     status: dict[str, Any]
@@ -165,9 +202,9 @@ class PairingTokenOut(BaseModel):
 
 
 class PeerIn(Body):
-    url: Annotated[str, Field(pattern=r"^https?://")]
+    url: SiteUrl
     pairing_token: Annotated[str, Field(min_length=10, max_length=200)]
-    ca_pem: str = Field(default="", description="PEM CA that signs the peer's API certificate")
+    ca_pem: CaPem = ""
 
 
 class PeerOut(BaseModel):
@@ -181,7 +218,7 @@ class PairingIn(Body):
     """A peer's side of pairing (manager to manager)."""
 
     site: Name
-    url: Annotated[str, Field(pattern=r"^https?://")]
+    url: SiteUrl
     pairing_token: Annotated[str, Field(min_length=10, max_length=200)]
     token: Annotated[str, Field(min_length=10, max_length=200)]
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Path
 from sqlalchemy import select
 
+from hvds.manager.config import NAME_PATTERN
 from hvds.manager.db import Host
 from hvds.manager.routes.deps import Db, HostCaller, Reader, Site
 from hvds.manager.schemas import Heartbeat, HostOut
@@ -39,7 +42,13 @@ def get_host(name: str, site: Site, db: Db, _caller: Reader) -> HostOut:
 
 
 @router.post("/hosts/{name}/heartbeat", status_code=204)
-async def heartbeat(name: str, report: Heartbeat, site: Site, db: Db, caller: HostCaller) -> None:
+async def heartbeat(
+    name: Annotated[str, Path(pattern=NAME_PATTERN)],
+    report: Heartbeat,
+    site: Site,
+    db: Db,
+    caller: HostCaller,
+) -> None:
     if caller.role == "host" and caller.name != name:
         raise HTTPException(403, f"the token of host {caller.name} cannot speak for {name}")
     site.heartbeat(db, name, report.model_dump(mode="json"))

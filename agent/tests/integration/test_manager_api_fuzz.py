@@ -1,0 +1,106 @@
+"""schemathesis against a real site manager: every operation of its OpenAPI document, with the
+document's own schemas as the oracle. No 5xx (but a 502 where the manager had to call a host's
+VDSA or a peer site, which is what 502 means in docs/api.md) and no response that breaks its
+declared schema.
+
+Two sites as real processes, paired, with a VPG ``erp`` and its ``initial_sync`` command, so
+that the operations on a VPG and a command reach their logic and not only a 404."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tomli_w
+from sites import TwoSites
+
+pytestmark = pytest.mark.slow
+
+SCHEMATHESIS = str(Path(shutil.which("schemathesis") or "schemathesis"))
+# Where the manager calls out (a peer site's manager, a host's VDSA): 502 is its documented
+# answer when that other side cannot be reached or refuses.
+CALLS_OUT = r"^/api/v1/(peers|vpgs|replicas)"
+
+
+def fuzz_config(sites: TwoSites, token: str, command_id: int, reports: Path) -> dict[str, Any]:
+    return {
+        "seed": 20240611,
+        "workers": 1,
+        "headers": {"Authorization": f"Bearer {token}"},
+        "tls-verify": str(sites.ca.path),
+        "request-timeout": 60,
+        "generation": {"max-examples": 12},
+        "checks": {
+            "enabled": False,
+            "not_a_server_error": {"enabled": True},
+            "response_schema_conformance": {"enabled": True},
+        },
+        "reports": {"json": {"enabled": True, "path": str(reports / "run.json")}},
+        "parameters": {"path.command_id": command_id},
+        "operations": [
+            {
+                "include-path-regex": CALLS_OUT,
+                "checks": {
+                    "not_a_server_error": {"expected-statuses": ["2xx", "3xx", "4xx", "502"]}
+                },
+            },
+            # The VPG that exists, so that get, update, checkpoints and tests reach their logic
+            # (its deletion is the test's last step: deleted first, it would leave only 404s).
+            {
+                "include-name-regex": r"^(GET|PUT) /api/v1/vpgs/\{name\}$|/vpgs/\{name\}/",
+                "parameters": {"path.name": "erp"},
+            },
+        ],
+    }
+
+
+def run_schemathesis(
+    sites: TwoSites, token: str, command_id: int, root: Path, *filters: str
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    root.mkdir()
+    config = root / "schemathesis.toml"
+    config.write_text(tomli_w.dumps(fuzz_config(sites, token, command_id, root)))
+    argv = [SCHEMATHESIS, "--config-file", str(config), "--no-color", "run", *filters]
+    argv.append(f"{sites.manager_a.url}/openapi.json")
+    done = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=240, cwd=root)
+    (root / "output.txt").write_text(done.stdout + done.stderr)
+    return done, json.loads((root / "run.json").read_text())
+
+
+def test_schemathesis_finds_no_server_error_and_no_schema_violation(
+    sites: TwoSites, tmp_path: Path
+) -> None:
+    a = sites.manager_a
+    sites.pair()
+    a.ok("POST", "/vpgs", sites.admin_a, sites.vpg())
+    (sync,) = a.ok("GET", "/commands?vpg=erp", sites.admin_a)
+
+    # Everything an admin may call, then what only a peer site may call (but DELETE /pairing,
+    # which would end the peer's token at the first call).
+    done, report = run_schemathesis(sites, sites.admin_a, sync["id"], tmp_path / "admin")
+    assert done.returncode == 0, done.stdout[-6000:]
+    peer = a.token("peer:site-b", "peer")
+    done, peer_report = run_schemathesis(
+        sites, peer, sync["id"], tmp_path / "peer",
+        "--include-path-regex", r"^/api/v1/(replicas|pairing|topology)",
+        "--exclude-name", "DELETE /api/v1/pairing",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-6000:]
+
+    for run, operations in ((report, 29), (peer_report, 8)):
+        assert run["complete"] and run["exit_code"] == 0
+        assert run["operations"]["tested"] >= operations, run["operations"]
+        assert run["test_cases"]["generated"] > 5 * operations
+        assert run["failures"] == [] and run["errors"] == []
+        assert run["warnings"]["missing_auth"] == [] or run is report
+    # Every operation on the VPG reached it (a 404 everywhere would test nothing).
+    assert not [op for op in report["warnings"]["missing_test_data"] if "{name}" in op and
+                "/vpgs/" in op and not op.startswith("DELETE /api/v1/vpgs/{name}")]  # fmt: skip
+    # The two deletions left out above, by hand: they work and leave a valid state behind.
+    assert a.api("DELETE", "/vpgs/erp", sites.admin_a).status_code == 204
+    assert a.api("DELETE", "/pairing", peer).status_code == 204
+    assert a.ok("GET", "/peers", sites.admin_a) == []
