@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -455,7 +456,7 @@ class Manager:
         try:
             return httpx.request(
                 method, f"{self.url}/api/v1{path}", json=json, headers=headers,
-                verify=str(self.tls.ca), timeout=60,
+                verify=ssl.create_default_context(cafile=str(self.tls.ca)), timeout=60,
             )  # fmt: skip
         except httpx.TransportError as exc:
             raise OSError(str(exc)) from exc

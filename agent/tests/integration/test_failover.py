@@ -114,7 +114,13 @@ def test_commit_after_a_vdsa_crash_makes_the_mirrors_the_checkpoint_plus_the_vms
     assert committed["state"] == "committed" and committed["merged_bytes"] == 12288 + 8192
     assert hashes({n: Path(p) for n, p in committed["mirrors"].items()}) == hashes(expected)
     # Committed is final: the source stays refused, a rollback is refused, a commit is a no-op.
-    wait_for(lambda: sites.vdsa_b.status() is not None, what="the VDSA back after the commit")
+    def restarted() -> bool:
+        try:
+            return "vpg1" not in sites.vdsa_b.status()["targets"]
+        except OSError:  # its control socket is being reopened
+            return False
+
+    wait_for(restarted, what="the VDSA's roles restarted without the committed VPG")
     assert sites.vdsa_b.control(op="failover_commit", vpg="vpg1")["state"] == "committed"
     from hvds.vdsa.control import request  # noqa: PLC0415
 

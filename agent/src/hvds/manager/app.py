@@ -14,7 +14,8 @@ from hvds import __version__
 from hvds.manager.db import AuditEntry
 from hvds.manager.metrics import ManagerCollector
 from hvds.manager.peer_client import PeerError
-from hvds.manager.routes import commands, hosts, peers, site, vpgs
+from hvds.manager.recovery import SourceRecovery, TargetRecovery
+from hvds.manager.routes import commands, hosts, peers, recovery, site, vpgs
 from hvds.manager.site import ConflictError, InvalidError, SiteManager
 from hvds.manager.vdsa_client import VdsaError
 
@@ -34,7 +35,9 @@ def create_app(manager: SiteManager) -> FastAPI:
     )  # fmt: skip
     app.state.site = manager
     app.state.store = manager.store
-    for module in (site, hosts, vpgs, commands, peers):
+    app.state.source_recovery = SourceRecovery(manager)
+    app.state.target_recovery = TargetRecovery(manager)
+    for module in (site, hosts, vpgs, recovery, commands, peers):
         app.include_router(module.router, prefix="/api/v1")
     registry = CollectorRegistry()
     registry.register(ManagerCollector(manager))

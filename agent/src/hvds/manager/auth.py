@@ -27,6 +27,8 @@ _MAY = {
 
 _bearer = HTTPBearer(auto_error=False)
 
+PEER_PREFIX = "peer:"  # the token a paired site calls this one with is named after that site
+
 
 def new_token() -> str:
     return "hvds_" + secrets.token_urlsafe(32)
@@ -69,6 +71,11 @@ def _caller(request: Request, credentials: HTTPAuthorizationCredentials | None) 
         caller = Caller(row.name, row.role)
     request.state.caller = caller  # for the audit log
     return caller
+
+
+def peer_site(caller: Caller) -> str:
+    """The paired site a peer token belongs to."""
+    return caller.name.removeprefix(PEER_PREFIX)
 
 
 def require(action: str) -> Callable[..., Caller]:

@@ -85,7 +85,8 @@ class Vpg(Base):
     links: Mapped[list[Any]] = mapped_column(default=list)
     state: Mapped[str] = mapped_column(String(20), default="initializing")
     rpo_seconds: Mapped[float | None] = mapped_column(default=None)
-    test: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    # A failover test or live failover under way (at the target site): what the API reports.
+    recovery: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     created_at: Mapped[datetime.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -107,7 +108,8 @@ class Replica(Base):
     host: Mapped[str] = mapped_column(String(63))
     datastore: Mapped[str] = mapped_column(String(63))
     spec: Mapped[dict[str, Any]]
-    views: Mapped[list[Any]] = mapped_column(default=list)
+    # A failover test or live failover under way here: its kind, checkpoint, views, VMs, state.
+    recovery: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     created_at: Mapped[datetime.datetime] = mapped_column(default=utcnow)
 
 

@@ -43,8 +43,8 @@ def _source_vpg(vpg: Vpg, host: str) -> dict[str, Any] | None:
         if vm["host"] == host
         for disk in vm["disks"]
     ]
-    if not disks or not vpg.links:
-        return None  # not here, or its targets are not set up yet
+    if not disks or not vpg.links or vpg.state == "failed_over":
+        return None  # not here, its targets not set up yet, or failed over for good
     return {
         "name": vpg.name,
         "disks": disks,

@@ -10,6 +10,7 @@ import httpx
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from hvds.manager.config import NAME_PATTERN
+from hvds.recovery.vm import VmBoot
 
 Name = Annotated[str, Field(pattern=NAME_PATTERN, description="letters, digits, . _ -")]
 
@@ -65,6 +66,9 @@ class Vm(Body):
     name: Annotated[str, Field(min_length=1, max_length=200)]
     host: Name
     disks: Annotated[list[Disk], Field(min_length=1, max_length=64)]
+    boot: VmBoot | None = Field(
+        default=None, description="how the VM boots at the recovery site; none: disks only"
+    )
 
 
 class Target(Body):
@@ -99,7 +103,9 @@ class VpgSpec(Body):
         return self
 
 
-VpgState = Literal["initializing", "syncing", "protected", "testing", "error"]
+VpgState = Literal[
+    "initializing", "syncing", "protected", "testing", "failing_over", "failed_over", "error"
+]
 
 
 class VpgOut(VpgSpec):
@@ -125,6 +131,25 @@ class CheckpointOut(BaseModel):
 class CheckpointChoice(Body):
     checkpoint: int | None = Field(default=None, description="a checkpoint id; default latest")
     tag: str | None = Field(default=None, description="or the newest checkpoint with this tag")
+
+
+class FailoverIn(CheckpointChoice):
+    auto_commit_seconds: float | None = Field(
+        default=None, ge=0, le=7 * 24 * 3600,
+        description="commit on its own after this long unless rolled back; none: wait",
+    )  # fmt: skip
+
+
+class RecoveryVm(Body):
+    name: str
+    disks: list[str] = Field(description="the VM's disks (exports at the source), in order")
+    boot: VmBoot | None = None
+
+
+class RecoveryIn(CheckpointChoice):
+    """What a source site asks of the recovery site (manager to manager)."""
+
+    vms: list[RecoveryVm] = Field(default_factory=list)
 
 
 class CommandOut(BaseModel):
@@ -265,14 +290,3 @@ class ReplicaOut(BaseModel):
     address: str = Field(description="the target VDSA's replication address")
     server_name: str = Field(description="the name its TLS certificate carries")
     latest_checkpoint: CheckpointOut | None
-
-
-class ViewOut(BaseModel):
-    disk: str
-    export: str
-    uri: str
-
-
-class ViewsOut(BaseModel):
-    checkpoint: CheckpointOut
-    views: list[ViewOut]

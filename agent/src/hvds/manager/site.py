@@ -1,4 +1,4 @@
-"""The site manager's work behind the API: hosts, VPGs and their replicas, checkpoints, views.
+"""The site manager's work behind the API: hosts, VPGs and their replicas, checkpoints.
 
 Routes validate and authorize; this module does. Everything long runs as a tracked command
 (``commands.Commands``). A periodic watch derives each VPG's state and RPO from the hosts'
@@ -283,11 +283,11 @@ class SiteManager:
         return all(isinstance(a, dict) and a.get("taken") for a in answers)
 
     async def checkpoints(self, name: str) -> list[CheckpointOut]:
-        peer = self._first_target(name)
+        peer = self.first_target(name)
         listed = await call_peer(peer, "GET", f"/replicas/{name}/checkpoints")
         return [CheckpointOut.model_validate(entry) for entry in listed]
 
-    def _first_target(self, name: str) -> Peer:
+    def first_target(self, name: str) -> Peer:
         with self.store.session() as session:
             vpg = session.get(Vpg, name)
             if vpg is None:
@@ -296,47 +296,6 @@ class SiteManager:
             if peer is None:
                 raise InvalidError(f"the target site of {name} is no longer paired")
             return peer
-
-    # -- failover test ----------------------------------------------------------------------
-
-    async def failover_test_start(
-        self, name: str, wanted: dict[str, Any], progress: Progress
-    ) -> dict[str, Any]:
-        peer = self._first_target(name)
-        opened = await call_peer(peer, "POST", f"/replicas/{name}/views", json=wanted)
-        progress(80)
-        test = {"site": peer.name, "started_at": utcnow().isoformat(), **opened}
-        with self.store.session() as session:
-            vpg = session.get(Vpg, name)
-            assert vpg is not None
-            vpg.test = test
-            vpg.state = "testing"
-        return test
-
-    async def failover_test_stop(self, name: str, progress: Progress) -> dict[str, Any]:
-        with self.store.session() as session:
-            vpg = session.get(Vpg, name)
-            if vpg is None or vpg.test is None:
-                raise ConflictError(f"no failover test of {name} is running")
-            test = dict(vpg.test)
-        peer = self._first_target(name)
-        await call_peer(peer, "DELETE", f"/replicas/{name}/views")
-        progress(80)
-        with self.store.session() as session:
-            vpg = session.get(Vpg, name)
-            assert vpg is not None
-            vpg.test = None
-            vpg.state = "syncing"
-        started = datetime.datetime.fromisoformat(test["started_at"])
-        return {
-            "report": {
-                "checkpoint": test["checkpoint"],
-                "disks": [view["disk"] for view in test["views"]],
-                "started_at": test["started_at"],
-                "duration_seconds": round((utcnow() - started).total_seconds(), 3),
-                "result": "views opened and closed; scratch data discarded",
-            }
-        }
 
     # -- replicas (target side, asked by a peer site) ---------------------------------------
 
@@ -355,7 +314,7 @@ class SiteManager:
                                f"{clash.source_site}")  # fmt: skip
             replica = session.get(Replica, (name, source_site))
             if replica is None:
-                replica = Replica(vpg=name, source_site=source_site, spec={}, views=[])
+                replica = Replica(vpg=name, source_site=source_site, spec={})
                 session.add(replica)
             moved_from = replica.host if replica.host and replica.host != wanted.host else None
             replica.host = wanted.host
@@ -387,41 +346,6 @@ class SiteManager:
         answer = await self.control(host, {"op": "checkpoints", "vpg": name})
         return [checkpoint_out(entry) for entry in answer["checkpoints"]]
 
-    async def open_views(self, source_site: str, name: str, wanted: dict[str, Any]
-                         ) -> dict[str, Any]:  # fmt: skip
-        with self.store.session() as session:
-            replica = self.replica(session, source_site, name)
-            if replica.views:
-                raise ConflictError(f"views of {name} are already open: stop the test first")
-            host, disks = replica.host, [d["name"] for d in replica.spec["disks"]]
-        checkpoints = await self.replica_checkpoints(source_site, name)
-        checkpoint = _choose(checkpoints, wanted)
-        views = []
-        try:
-            for disk in disks:
-                message = {"op": "view_open", "vpg": name, "disk": disk,
-                           "time_ns": checkpoint.id}  # fmt: skip
-                answer = await self.control(host, message)
-                views.append({"disk": disk, "export": answer["export"], "uri": answer["uri"]})
-        except VdsaError:
-            for view in views:  # all or nothing
-                with contextlib.suppress(VdsaError):
-                    await self.control(host, {"op": "view_close", "export": view["export"]})
-            raise
-        with self.store.session() as session:
-            self.replica(session, source_site, name).views = views
-        return {"checkpoint": checkpoint.model_dump(mode="json"), "views": views}
-
-    async def close_views(self, source_site: str, name: str) -> None:
-        with self.store.session() as session:
-            replica = self.replica(session, source_site, name)
-            host, views = replica.host, list(replica.views)
-        for view in views:
-            with contextlib.suppress(VdsaError):  # already gone with a VDSA restart
-                await self.control(host, {"op": "view_close", "export": view["export"]})
-        with self.store.session() as session:
-            self.replica(session, source_site, name).views = []
-
     # -- the watch --------------------------------------------------------------------------
 
     async def _keep_watching(self) -> None:
@@ -438,7 +362,7 @@ class SiteManager:
         now = time.monotonic()
         with self.store.session() as session:
             for vpg in session.scalars(select(Vpg)):
-                if vpg.state not in ("initializing", "testing"):
+                if vpg.state in ("syncing", "protected", "error"):
                     vpg.state = "protected" if _protected(vpg, session, 0) else "syncing"
                 vpg.rpo_seconds = _rpo(vpg, session)
                 hosts = source_hosts(vpg.spec)
@@ -491,7 +415,7 @@ def _rpo(vpg: Vpg, session: Session) -> float | None:
     return max(0.0, time.time() - float(min(times)) / 1e9)
 
 
-def _choose(checkpoints: list[CheckpointOut], wanted: dict[str, Any]) -> CheckpointOut:
+def choose(checkpoints: list[CheckpointOut], wanted: dict[str, Any]) -> CheckpointOut:
     if wanted.get("checkpoint") is not None:
         found = [c for c in checkpoints if c.id == wanted["checkpoint"]]
     elif wanted.get("tag"):

@@ -15,21 +15,38 @@ class VdsaError(Exception):
     """The VDSA could not be reached, or refused the request; the message says which."""
 
 
-async def ask(
-    control_url: str, message: dict[str, Any], tls: ssl.SSLContext | None = None,
-    timeout: float = 30,
-) -> dict[str, Any]:  # fmt: skip
+# A VDSA restarts its roles (and its control socket) when it takes new VPGs or commits a
+# failover: a request that finds it closed is tried again for this long.
+RESTART_GRACE_SECONDS = 10.0
+
+
+async def _connect(
+    control_url: str, tls: ssl.SSLContext | None
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     where = urlsplit(control_url)
-    try:
-        async with asyncio.timeout(timeout):
+    deadline = asyncio.get_running_loop().time() + RESTART_GRACE_SECONDS
+    while True:
+        try:
             if where.scheme == "unix":
-                reader, writer = await asyncio.open_unix_connection(where.path, limit=1 << 24)
-            elif where.scheme == "tls" and tls is not None:
-                reader, writer = await asyncio.open_connection(
+                return await asyncio.open_unix_connection(where.path, limit=1 << 24)
+            if where.scheme == "tls" and tls is not None:
+                return await asyncio.open_connection(
                     where.hostname, where.port, ssl=tls, limit=1 << 24
                 )
-            else:
-                raise VdsaError(f"cannot reach a VDSA at {control_url!r}")
+            raise VdsaError(f"cannot reach a VDSA at {control_url!r}")
+        except (ConnectionRefusedError, FileNotFoundError):
+            if asyncio.get_running_loop().time() >= deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
+async def ask(
+    control_url: str, message: dict[str, Any], tls: ssl.SSLContext | None = None,
+    timeout: float = 60,
+) -> dict[str, Any]:  # fmt: skip
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await _connect(control_url, tls)
             try:
                 writer.write(json.dumps(message).encode() + b"\n")
                 line = await reader.readline()

@@ -145,6 +145,8 @@ class VdsaSettings(StrictModel):
     managed_config: Path | None = None
     # The tap's configuration, read to report this host's disks (exports) to the manager.
     tap_config: Path | None = None
+    # QEMU's accelerators for recovered VMs, in order of preference ("tcg": emulation only).
+    vm_accel: str = "kvm:tcg"
 
     @field_validator("listen", "metrics", mode="before")
     @classmethod

@@ -38,8 +38,9 @@ class FailoverRecord:
     vpg: str
     time_ns: int  # the checkpoint (the cut's time: the same in every journal of the VPG)
     state: str = "live"  # live -> committing -> committed
-    # export name -> (journal label, disk id)
-    exports: dict[str, list[Any]] = field(default_factory=dict)
+    # export name -> its disk: journal label, disk id, name, mirror (all a commit needs, even
+    # once the journal is gone)
+    exports: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class Failovers:
@@ -110,7 +111,10 @@ class Failovers:
         for state in parts:
             for disk in state.config.disks:
                 if disk.source == state.source:
-                    record.exports[f"{vpg}.{disk.name}.failover"] = [state.label, disk.disk]
+                    record.exports[f"{vpg}.{disk.name}.failover"] = {
+                        "label": state.label, "disk": disk.disk, "name": disk.name,
+                        "size": disk.size, "mirror": str(disk.mirror),
+                    }  # fmt: skip
         self._save(record)  # first: a restart now finds the VPG failed over
         self.records[vpg] = record  # from now on its source is refused (``refused``)
         for state in parts:
@@ -123,14 +127,13 @@ class Failovers:
     def _open_views(self, record: FailoverRecord) -> None:
         scratch = self._root / record.vpg
         scratch.mkdir(parents=True, exist_ok=True)
-        for export, (label, disk_id) in record.exports.items():
+        for export, disk in record.exports.items():
             if export in self._views.backends:
                 continue
-            state = self._targets[label]
+            state = self._targets[disk["label"]]
             checkpoint = next(c for c in state.checkpoints if c.time_ns == record.time_ns)
-            disk = next(d for d in state.config.disks if d.disk == disk_id)
-            info = ExportInfo(export, disk.size, description=f"{disk.name} failed over")
-            read_at = partial(state.journal.read_at, checkpoint.id, disk_id)
+            info = ExportInfo(export, disk["size"], description=f"{disk['name']} failed over")
+            read_at = partial(state.journal.read_at, checkpoint.id, disk["disk"])
             self._views.backends[export] = CheckpointView(
                 info, read_at, state.journal_lock, scratch, scratch_name=f"{export}.scratch"
             )
@@ -138,10 +141,9 @@ class Failovers:
 
     def _answer(self, record: FailoverRecord) -> dict[str, Any]:
         disks = []
-        for export, (label, disk_id) in record.exports.items():
-            disk = next(d for d in self._targets[label].config.disks if d.disk == disk_id)
+        for export, disk in record.exports.items():
             uri = f"nbd+unix:///{export}?socket={self._view_socket}"
-            disks.append({"disk": disk.name, "export": export, "uri": uri})
+            disks.append({"disk": disk["name"], "export": export, "uri": uri})
         return {"vpg": record.vpg, "checkpoint": record.time_ns, "state": record.state,
                 "disks": disks}  # fmt: skip
 
@@ -152,12 +154,12 @@ class Failovers:
 
     def _close_views(self, record: FailoverRecord, discard: bool) -> int:
         written = 0
-        for export, (label, _disk) in record.exports.items():
+        for export, disk in record.exports.items():
             view = self._views.backends.pop(export, None)
             if isinstance(view, CheckpointView):
                 written += view.written_bytes()
                 view.close(discard=discard)
-                self._targets[label].views_open -= 1
+                self._targets[disk["label"]].views_open -= 1
         return written
 
     def rollback(self, vpg: str) -> dict[str, Any]:
@@ -185,16 +187,15 @@ class Failovers:
         self._save(record)
         self._open_views(record)  # after a restart in the middle, to read their scratch
         merged = 0
-        for export, (label, disk_id) in record.exports.items():
-            state = self._targets[label]
+        for export, disk in record.exports.items():
+            state = self._targets[disk["label"]]
             view = self._views.backends[export]
             assert isinstance(view, CheckpointView)
-            disk = next(d for d in state.config.disks if d.disk == disk_id)
             with state.journal_lock:
                 checkpoint = next(c for c in state.journal.checkpoints()
                                   if c.time_ns == record.time_ns)  # fmt: skip
                 state.journal.rollback(checkpoint.id)  # idempotent: already there after a crash
-            mirror = Disk(disk.mirror)
+            mirror = Disk(Path(disk["mirror"]))
             try:
                 merged += view.merge_into(mirror.write)
                 mirror.flush()
@@ -211,9 +212,6 @@ class Failovers:
         log.warning("failover of %s committed: its mirrors are the live disks", vpg)
         return {**self._answer(record), "merged_bytes": merged, "mirrors": self._mirrors(record)}
 
-    def _mirrors(self, record: FailoverRecord) -> dict[str, str]:
-        mirrors = {}
-        for label, disk_id in record.exports.values():
-            disk = next(d for d in self._targets[label].config.disks if d.disk == disk_id)
-            mirrors[disk.name] = str(disk.mirror)
-        return mirrors
+    @staticmethod
+    def _mirrors(record: FailoverRecord) -> dict[str, str]:
+        return {disk["name"]: disk["mirror"] for disk in record.exports.values()}

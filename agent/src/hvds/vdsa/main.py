@@ -38,7 +38,7 @@ from hvds.vdsa.heartbeat import keep_heartbeating
 from hvds.vdsa.image_sink import ImageSink
 from hvds.vdsa.metrics import VdsaCollector
 from hvds.vdsa.receiver import serve_taps
-from hvds.vdsa.service import VdsaService
+from hvds.vdsa.service import VdsaService, recovered_vms
 
 log = logging.getLogger("hvds.vdsa")
 
@@ -63,7 +63,8 @@ async def run_service(config: VdsaConfig) -> None:
     stopping = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stopping.set)
     loop.add_signal_handler(signal.SIGINT, stopping.set)
-    service = VdsaService(config, load_managed(config.vdsa.managed_config))
+    vms = recovered_vms(config)  # they run on across restarts of the roles
+    service = VdsaService(config, load_managed(config.vdsa.managed_config), vms)
     # Both read the service of the moment (late-bound): a reconfiguration replaces it.
     if config.vdsa.metrics is not None:
         REGISTRY.register(VdsaCollector(lambda: service))
@@ -82,11 +83,12 @@ async def run_service(config: VdsaConfig) -> None:
         await service.stop()
         if stopping.is_set():
             break
-        service = VdsaService(config, load_managed(config.vdsa.managed_config))
+        service = VdsaService(config, load_managed(config.vdsa.managed_config), vms)
         await service.start()
         log.info("roles restarted with the manager's VPGs")
     if heartbeat is not None:
         heartbeat.cancel()
+    await vms.stop_all()
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -7,6 +7,7 @@ import hashlib
 import itertools
 import logging
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from hvds.files import write_atomic
@@ -14,6 +15,7 @@ from hvds.journal import Checkpoint, JournalError
 from hvds.nbd.block_server import BackendCatalog, serve_backends
 from hvds.nbd.server import ExportInfo
 from hvds.recovery.view import CheckpointView
+from hvds.recovery.vm import VmBoot, Vms
 from hvds.tls import client_context, server_context
 from hvds.vdsa.analysis import keep_analyzing, summary
 from hvds.vdsa.config import ManagedVpgs, VdsaConfig
@@ -43,14 +45,23 @@ def _find_checkpoint(checkpoints: list[Checkpoint], request: dict[str, Any]) -> 
     return found[-1]
 
 
+def recovered_vms(config: VdsaConfig) -> Vms:
+    """Where this host runs recovered VMs (their consoles beside the journal)."""
+    state_dir = config.vdsa.journal_dir or Path("/run/hvds")
+    return Vms(state_dir / "vms", config.vdsa.vm_accel)
+
+
 def managed_digest(managed: ManagedVpgs) -> str:
     """Names the manager's VPGs as this host runs them, so the manager sees a stale host."""
     return hashlib.sha256(managed.model_dump_json().encode()).hexdigest()[:16]
 
 
 class VdsaService:
-    def __init__(self, config: VdsaConfig, managed: ManagedVpgs | None = None) -> None:
-        """``config`` is the file's; ``managed`` the VPGs the site manager pushed."""
+    def __init__(
+        self, config: VdsaConfig, managed: ManagedVpgs | None = None, vms: Vms | None = None
+    ) -> None:
+        """``config`` is the file's; ``managed`` the VPGs the site manager pushed; ``vms`` the
+        recovered VMs, which outlive a restart of the roles."""
         self.base_config = config
         self.managed = managed or ManagedVpgs()
         self.config = config.with_managed(self.managed)
@@ -66,6 +77,7 @@ class VdsaService:
         self._view_numbers = itertools.count(1)
         self._view_states: dict[str, TargetVpgState] = {}
         self.failovers: Failovers | None = None  # the target role's live failovers
+        self.vms = vms or recovered_vms(config)
 
     async def start(self) -> None:
         config = self.config
@@ -136,6 +148,9 @@ class VdsaService:
                 "failover": self._failover,
                 "failover_rollback": self._failover_rollback,
                 "failover_commit": self._failover_commit,
+                "vm_start": self._vm_start,
+                "vm_status": lambda request: self.vms.status(str(request["name"])),
+                "vm_stop": lambda request: self.vms.stop(str(request["name"])),
             }
             self._servers.append(await serve_control(settings.control_socket, handlers))
 
@@ -270,6 +285,14 @@ class VdsaService:
         # The committed VPG's journal is gone: restart the roles without it.
         asyncio.get_running_loop().call_later(0.1, self.reconfigured.set)
         return done
+
+    async def _vm_start(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Boot a recovered VM from NBD URIs (views of a failover test or failover)."""
+        disks = request.get("disks")
+        if not isinstance(disks, list) or not disks:
+            raise ValueError("a VM needs its disks: a list of NBD URIs")
+        boot = VmBoot.model_validate(request.get("boot", {}))
+        return await self.vms.start(str(request["name"]), [str(d) for d in disks], boot)
 
     def _source(self, request: dict[str, Any]) -> VpgSource:
         name = str(request["vpg"])

@@ -1,21 +1,20 @@
 """Paired sites: pairing by a one-time token, unpairing, and what a peer site asks of this one
-(its topology, the replicas of its VPGs kept here, their checkpoints and views)."""
+(its topology, the replicas of its VPGs kept here, their checkpoints)."""
 
 from __future__ import annotations
 
 import contextlib
 import datetime
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Body, HTTPException
+from fastapi import APIRouter, HTTPException
 from sqlalchemy import select
 
-from hvds.manager.auth import digest, new_token
+from hvds.manager.auth import PEER_PREFIX, digest, new_token, peer_site
 from hvds.manager.db import Host, PairingToken, Peer, Token, utcnow
 from hvds.manager.peer_client import PeerError, call, call_peer
 from hvds.manager.routes.deps import Admin, Db, PeerCaller, Reader, Site
 from hvds.manager.schemas import (
-    CheckpointChoice,
     CheckpointOut,
     DatastoreOut,
     PairingIn,
@@ -27,13 +26,10 @@ from hvds.manager.schemas import (
     ReplicaOut,
     Topology,
     TopologyHost,
-    ViewsOut,
 )
 from hvds.manager.site import as_utc
 
 router = APIRouter(tags=["sites"])
-
-PEER_PREFIX = "peer:"  # the name of the token a peer site calls this one with
 
 
 @router.get("/peers", response_model=list[PeerOut])
@@ -113,7 +109,7 @@ async def unpair(name: str, db: Db, _caller: Admin) -> None:
 
 @router.delete("/pairing", status_code=204)
 def forget_pairing(db: Db, caller: PeerCaller) -> None:
-    name = caller.name.removeprefix(PEER_PREFIX)
+    name = peer_site(caller)
     db.query(Token).filter(Token.name == caller.name).delete()
     peer = db.get(Peer, name)
     if peer is not None:
@@ -144,33 +140,17 @@ def topology(site: Site, db: Db, _caller: Reader) -> Topology:
     return Topology(site=site.name, hosts=hosts)
 
 
-def _source(caller: PeerCaller) -> str:
-    return caller.name.removeprefix(PEER_PREFIX)
-
-
 @router.put("/replicas/{name}", response_model=ReplicaOut)
 async def put_replica(name: str, wanted: ReplicaIn, site: Site, caller: PeerCaller) -> ReplicaOut:
-    link = await site.put_replica(_source(caller), name, wanted)
+    link = await site.put_replica(peer_site(caller), name, wanted)
     return ReplicaOut(**link, latest_checkpoint=None)
 
 
 @router.delete("/replicas/{name}", status_code=204)
 async def delete_replica(name: str, site: Site, db: Db, caller: PeerCaller) -> None:
-    await site.delete_replica(db, _source(caller), name)
+    await site.delete_replica(db, peer_site(caller), name)
 
 
 @router.get("/replicas/{name}/checkpoints", response_model=list[CheckpointOut])
 async def replica_checkpoints(name: str, site: Site, caller: PeerCaller) -> list[CheckpointOut]:
-    return await site.replica_checkpoints(_source(caller), name)
-
-
-@router.post("/replicas/{name}/views", response_model=ViewsOut, status_code=201)
-async def open_views(
-    name: str, site: Site, caller: PeerCaller, wanted: Annotated[CheckpointChoice, Body()]
-) -> Any:
-    return await site.open_views(_source(caller), name, wanted.model_dump())
-
-
-@router.delete("/replicas/{name}/views", status_code=204)
-async def close_views(name: str, site: Site, caller: PeerCaller) -> None:
-    await site.close_views(_source(caller), name)
+    return await site.replica_checkpoints(peer_site(caller), name)

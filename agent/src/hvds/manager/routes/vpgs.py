@@ -11,14 +11,11 @@ from hvds.manager.commands import Progress
 from hvds.manager.db import CommandRow, Vpg, VpgMember
 from hvds.manager.routes.deps import Admin, Db, Reader, Site
 from hvds.manager.schemas import (
-    CheckpointChoice,
     CheckpointIn,
     CheckpointOut,
-    CommandOut,
     VpgOut,
     VpgSpec,
 )
-from hvds.manager.site import ConflictError
 
 router = APIRouter(tags=["protection groups"])
 
@@ -85,8 +82,8 @@ async def update_vpg(name: str, spec: VpgSpec, site: Site, db: Db, _caller: Admi
     if spec.name != name:
         raise HTTPException(400, f"the body names VPG {spec.name}, the path {name}")
     vpg = _get(db, name)
-    if vpg.test is not None:
-        raise HTTPException(409, f"a failover test of {name} is running: stop it first")
+    if vpg.recovery is not None:
+        raise HTTPException(409, f"a recovery of {name} is under way ({vpg.state}): end it first")
     wanted = spec.model_dump(mode="json")
     if wanted != vpg.spec:
         await site.validate(db, spec, vpg)
@@ -101,8 +98,8 @@ async def update_vpg(name: str, spec: VpgSpec, site: Site, db: Db, _caller: Admi
 @router.delete("/vpgs/{name}", status_code=204)
 async def delete_vpg(name: str, site: Site, db: Db, _caller: Admin) -> None:
     vpg = _get(db, name)
-    if vpg.test is not None:
-        raise HTTPException(409, f"a failover test of {name} is running: stop it first")
+    if vpg.recovery is not None:
+        raise HTTPException(409, f"a recovery of {name} is under way ({vpg.state}): end it first")
     await site.remove_vpg(db, vpg)
 
 
@@ -118,27 +115,3 @@ async def create_checkpoint(
 ) -> CheckpointOut:
     _get(db, name)
     return await site.take_checkpoint(name, wanted.tag, wanted.description)
-
-
-@router.post("/vpgs/{name}/failover-test", response_model=CommandOut, status_code=202)
-async def start_failover_test(
-    name: str, wanted: CheckpointChoice, site: Site, db: Db, _caller: Admin
-) -> CommandRow:
-    vpg = _get(db, name)
-    if vpg.test is not None:
-        raise ConflictError(f"a failover test of {name} is already running")
-
-    async def operation(progress: Progress) -> dict[str, Any]:
-        return await site.failover_test_start(name, wanted.model_dump(), progress)
-
-    return site.commands.start("failover_test_start", name, operation)
-
-
-@router.delete("/vpgs/{name}/failover-test", response_model=CommandOut, status_code=202)
-async def stop_failover_test(name: str, site: Site, db: Db, _caller: Admin) -> CommandRow:
-    _get(db, name)
-
-    async def operation(progress: Progress) -> dict[str, Any]:
-        return await site.failover_test_stop(name, progress)
-
-    return site.commands.start("failover_test_stop", name, operation)

@@ -1,0 +1,255 @@
+"""Recovery of a VPG, driven by its source site's manager and carried out at its target site:
+failover tests, live failover with commit or rollback, and moves (decision 0011).
+
+The source site (``SourceRecovery``) asks the target site's manager, which has the replica
+(``TargetRecovery``): that one opens the checkpoint's views (a test) or fails the VPG over at
+its VDSA (a live failover), then boots the VMs that have boot settings, in boot order, on the
+recovery host. Every step is recorded before it is taken and may be asked again: a request
+repeated after a crash finds the step done and answers the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import logging
+from typing import Any
+
+from hvds.manager.commands import Progress
+from hvds.manager.db import Vpg, utcnow
+from hvds.manager.peer_client import call_peer
+from hvds.manager.schemas import FailoverIn, RecoveryIn, RecoveryVm
+from hvds.manager.site import ConflictError, InvalidError, SiteManager, choose
+from hvds.manager.vdsa_client import VdsaError
+
+log = logging.getLogger(__name__)
+
+
+def _vms_of(spec: dict[str, Any]) -> list[RecoveryVm]:
+    return [
+        RecoveryVm(name=vm["name"], disks=[d["export"] for d in vm["disks"]], boot=vm.get("boot"))
+        for vm in spec["vms"]
+    ]
+
+
+class SourceRecovery:
+    """The source site's side: one method per command; each updates the VPG's state."""
+
+    def __init__(self, site: SiteManager) -> None:
+        self._site = site
+
+    def _vpg(self, name: str, *states: str) -> dict[str, Any]:
+        with self._site.store.session() as session:
+            vpg = session.get(Vpg, name)
+            if vpg is None:
+                raise InvalidError(f"no VPG {name}")
+            if states and vpg.state not in states:
+                raise ConflictError(
+                    f"VPG {name} is {vpg.state}; this needs it {' or '.join(states)}"
+                )
+            return dict(vpg.spec)
+
+    def _set(self, name: str, state: str, recovery: dict[str, Any] | None) -> None:
+        with self._site.store.session() as session:
+            vpg = session.get(Vpg, name)
+            assert vpg is not None
+            vpg.state, vpg.recovery = state, recovery
+
+    async def _ask(self, name: str, method: str, path: str, json: Any = None) -> Any:
+        return await call_peer(self._site.first_target(name), method, f"/replicas/{name}{path}",
+                               json=json)  # fmt: skip
+
+    async def test_start(self, name: str, wanted: dict[str, Any], progress: Progress) -> Any:
+        spec = self._vpg(name, "syncing", "protected", "testing")
+        request = RecoveryIn(**wanted, vms=_vms_of(spec))
+        opened = await self._ask(name, "POST", "/test", request.model_dump(mode="json"))
+        progress(80)
+        self._set(name, "testing", {"kind": "test", "started_at": utcnow().isoformat(), **opened})
+        return opened
+
+    async def test_stop(self, name: str, progress: Progress) -> dict[str, Any]:
+        with self._site.store.session() as session:
+            vpg = session.get(Vpg, name)
+            if vpg is None or vpg.recovery is None or vpg.recovery["kind"] != "test":
+                raise ConflictError(f"no failover test of {name} is running")
+            test = dict(vpg.recovery)
+        closed = await self._ask(name, "DELETE", "/test")
+        progress(80)
+        self._set(name, "syncing", None)
+        started = datetime.datetime.fromisoformat(test["started_at"])
+        vms = closed["vms"]
+        return {"report": {
+            "checkpoint": test["checkpoint"],
+            "disks": [view["disk"] for view in test["views"]],
+            "vms": vms,
+            "started_at": test["started_at"],
+            "duration_seconds": round((utcnow() - started).total_seconds(), 3),
+            "result": "passed" if all(vm["exit_code"] in (None, 0) for vm in vms) else "failed",
+        }}  # fmt: skip
+
+    async def failover(self, name: str, wanted: FailoverIn, progress: Progress) -> Any:
+        spec = self._vpg(name, "syncing", "protected", "failing_over")
+        choice = wanted.model_dump(include={"checkpoint", "tag"})
+        request = RecoveryIn(**choice, vms=_vms_of(spec))
+        opened = await self._ask(name, "POST", "/failover", request.model_dump(mode="json"))
+        self._set(name, "failing_over", {"kind": "failover", **opened})
+        progress(60)
+        if wanted.auto_commit_seconds is None:
+            return opened
+        await asyncio.sleep(wanted.auto_commit_seconds)
+        with self._site.store.session() as session:
+            vpg = session.get(Vpg, name)
+            if vpg is None or vpg.state != "failing_over":
+                return opened  # rolled back (or committed) meanwhile
+        return await self.commit(name, progress)
+
+    async def commit(self, name: str, progress: Progress) -> Any:
+        self._vpg(name, "failing_over", "failed_over")
+        committed = await self._ask(name, "POST", "/failover/commit")
+        self._set(name, "failed_over", {"kind": "failover", **committed})
+        progress(90)
+        # The old source stops replicating it: the recovery site has the live copy now.
+        for host in sorted({vm["host"] for vm in self._vpg(name)["vms"]}):
+            self._site.push_soon(host)
+        return committed
+
+    async def rollback(self, name: str, progress: Progress) -> Any:
+        self._vpg(name, "failing_over")
+        rolled = await self._ask(name, "POST", "/failover/rollback")
+        progress(90)
+        self._set(name, "syncing", None)  # the source resumes where the target stopped it
+        return rolled
+
+    async def move(self, name: str, progress: Progress) -> Any:
+        """A planned move: a last checkpoint while both sites are up (the VMs stopped first,
+        so nothing is written after it), failover to it, commit."""
+        self._vpg(name, "protected")
+        tag = f"move-{utcnow().strftime('%Y%m%dT%H%M%S')}"
+        checkpoint = await self._site.take_checkpoint(name, tag, "the last checkpoint of a move")
+        progress(30)
+        await self.failover(name, FailoverIn(checkpoint=checkpoint.id), progress)
+        return {"checkpoint": checkpoint.model_dump(mode="json"),
+                **await self.commit(name, progress)}  # fmt: skip
+
+
+class TargetRecovery:
+    """The target site's side, asked by the VPG's source site."""
+
+    def __init__(self, site: SiteManager) -> None:
+        self._site = site
+
+    def _replica(self, source: str, name: str) -> tuple[str, dict[str, Any] | None]:
+        with self._site.store.session() as session:
+            replica = self._site.replica(session, source, name)
+            return replica.host, replica.recovery
+
+    def _record(self, source: str, name: str, recovery: dict[str, Any] | None) -> None:
+        with self._site.store.session() as session:
+            self._site.replica(session, source, name).recovery = recovery
+
+    async def open(self, source: str, name: str, kind: str, wanted: RecoveryIn) -> dict[str, Any]:
+        host, current = self._replica(source, name)
+        checkpoint = choose(await self._site.replica_checkpoints(source, name),
+                            wanted.model_dump())  # fmt: skip
+        if current is not None and (
+            current["kind"] != kind or current["checkpoint"]["id"] != checkpoint.id
+        ):
+            raise ConflictError(f"a {current['kind']} of {name} is under way: end it first")
+        if current is None:
+            self._record(source, name, {"kind": kind, "state": "opening",
+                                        "checkpoint": checkpoint.model_dump(mode="json"),
+                                        "views": [], "vms": []})  # fmt: skip
+        if kind == "test":
+            views = await self._open_views(host, source, name, checkpoint.id)
+        else:
+            message = {"op": "failover", "vpg": name, "time_ns": checkpoint.id}
+            views = (await self._site.control(host, message))["disks"]
+        vms = await self._boot(host, name, wanted, {view["disk"]: view["uri"] for view in views})
+        opened = {
+            "kind": kind, "state": "open", "checkpoint": checkpoint.model_dump(mode="json"),
+            "views": views, "vms": vms,
+            "wanted_vms": [vm.model_dump(mode="json") for vm in wanted.vms],
+        }  # fmt: skip
+        self._record(source, name, opened)
+        return opened
+
+    async def _open_views(self, host: str, source: str, name: str, time_ns: int
+                          ) -> list[dict[str, Any]]:  # fmt: skip
+        with self._site.store.session() as session:
+            replica = self._site.replica(session, source, name)
+            disks = [d["name"] for d in replica.spec["disks"]]
+            opened = list((replica.recovery or {}).get("views", []))
+        done = {view["disk"] for view in opened}
+        for disk in disks:
+            if disk in done:
+                continue
+            message = {"op": "view_open", "vpg": name, "disk": disk, "time_ns": time_ns}
+            answer = await self._site.control(host, message)
+            opened.append({"disk": disk, "export": answer["export"], "uri": answer["uri"]})
+            recovery = self._replica(source, name)[1]
+            assert recovery is not None
+            self._record(source, name, {**recovery, "views": opened})  # a crash now leaks none
+        return opened
+
+    async def _boot(self, host: str, name: str, wanted: RecoveryIn, uris: dict[str, str]
+                    ) -> list[dict[str, Any]]:  # fmt: skip
+        """Boot the VMs that have boot settings, in boot order, each on its disks' URIs."""
+        reports = []
+        booting = [vm for vm in wanted.vms if vm.boot is not None]
+        for vm in sorted(booting, key=lambda vm: vm.boot.order if vm.boot else 0):
+            assert vm.boot is not None
+            disks = [uris[disk] for disk in vm.disks]
+            message = {"op": "vm_start", "name": f"{name}.{vm.name}", "disks": disks,
+                       "boot": vm.boot.model_dump()}  # fmt: skip
+            report = await self._site.control(host, message)
+            report.pop("ok", None)
+            reports.append(report)
+            await asyncio.sleep(vm.boot.delay_seconds)
+        return reports
+
+    async def _stop_vms(self, host: str, recovery: dict[str, Any]) -> list[dict[str, Any]]:
+        reports = []
+        for vm in recovery.get("vms", []):
+            answer = await self._site.control(host, {"op": "vm_stop", "name": vm["name"]})
+            answer.pop("ok", None)
+            reports.append(answer)
+        return reports
+
+    async def close_test(self, source: str, name: str) -> dict[str, Any]:
+        host, recovery = self._replica(source, name)
+        if recovery is None:
+            return {"vms": []}  # closed already
+        if recovery["kind"] != "test":
+            raise ConflictError(f"{name} is failing over, not being tested")
+        vms = await self._stop_vms(host, recovery)
+        for view in recovery["views"]:
+            with contextlib.suppress(VdsaError):  # already gone with a VDSA restart
+                await self._site.control(host, {"op": "view_close", "export": view["export"]})
+        self._record(source, name, None)
+        return {"vms": vms}
+
+    async def rollback(self, source: str, name: str) -> dict[str, Any]:
+        host, recovery = self._replica(source, name)
+        if recovery is not None and recovery["kind"] != "failover":
+            raise ConflictError(f"{name} is being tested, not failed over")
+        vms = [] if recovery is None else await self._stop_vms(host, recovery)
+        rolled = await self._site.control(host, {"op": "failover_rollback", "vpg": name})
+        self._record(source, name, None)
+        return {"vms": vms, "discarded_bytes": rolled["discarded_bytes"]}
+
+    async def commit(self, source: str, name: str) -> dict[str, Any]:
+        host, recovery = self._replica(source, name)
+        if recovery is None or recovery["kind"] != "failover":
+            raise ConflictError(f"{name} is not failed over")
+        if recovery["state"] != "committed":
+            await self._stop_vms(host, recovery)  # their writes must all be in the scratch
+        committed = await self._site.control(host, {"op": "failover_commit", "vpg": name})
+        mirrors: dict[str, str] = committed["mirrors"]
+        # The VMs start again on the committed disks, which are now the live copies.
+        wanted = RecoveryIn.model_validate({"vms": recovery.get("wanted_vms", [])})
+        vms = await self._boot(host, name, wanted, mirrors)
+        done = {**recovery, "state": "committed", "mirrors": mirrors, "vms": vms,
+                "merged_bytes": committed.get("merged_bytes", 0)}  # fmt: skip
+        self._record(source, name, done)
+        return done

@@ -1,0 +1,122 @@
+"""Recovery: failover tests, live failover with commit or rollback, moves. The VPG's routes
+(source site) start tracked commands; the replica's routes (target site) are what the source
+site's manager calls to carry them out."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+
+from hvds.manager.auth import peer_site
+from hvds.manager.commands import Progress
+from hvds.manager.db import CommandRow, Vpg
+from hvds.manager.recovery import SourceRecovery, TargetRecovery
+from hvds.manager.routes.deps import Admin, Db, PeerCaller, Site
+from hvds.manager.schemas import CheckpointChoice, CommandOut, FailoverIn, RecoveryIn
+from hvds.manager.site import InvalidError
+
+router = APIRouter(tags=["recovery"])
+
+
+def _source_recovery(request: Request) -> SourceRecovery:
+    recovery: SourceRecovery = request.app.state.source_recovery
+    return recovery
+
+
+def _target_recovery(request: Request) -> TargetRecovery:
+    recovery: TargetRecovery = request.app.state.target_recovery
+    return recovery
+
+
+Source = Annotated[SourceRecovery, Depends(_source_recovery)]
+Target = Annotated[TargetRecovery, Depends(_target_recovery)]
+
+
+def _command(
+    site: Site, db: Db, kind: str, name: str,
+    step: Callable[[Progress], Awaitable[Any]],
+) -> CommandRow:  # fmt: skip
+    if db.get(Vpg, name) is None:
+        raise InvalidError(f"no VPG {name}")
+
+    async def operation(progress: Progress) -> dict[str, Any]:
+        result = await step(progress)
+        return result if isinstance(result, dict) else {"result": result}
+
+    return site.commands.start(kind, name, operation)
+
+
+@router.post("/vpgs/{name}/failover-test", response_model=CommandOut, status_code=202)
+async def start_failover_test(
+    name: str, wanted: CheckpointChoice, site: Site, db: Db, recovery: Source, _caller: Admin
+) -> CommandRow:
+    choice = wanted.model_dump()
+    return _command(site, db, "failover_test_start", name,
+                    lambda progress: recovery.test_start(name, choice, progress))  # fmt: skip
+
+
+@router.delete("/vpgs/{name}/failover-test", response_model=CommandOut, status_code=202)
+async def stop_failover_test(
+    name: str, site: Site, db: Db, recovery: Source, _caller: Admin
+) -> CommandRow:
+    return _command(site, db, "failover_test_stop", name,
+                    lambda progress: recovery.test_stop(name, progress))  # fmt: skip
+
+
+@router.post("/vpgs/{name}/failover", response_model=CommandOut, status_code=202)
+async def failover(
+    name: str, wanted: FailoverIn, site: Site, db: Db, recovery: Source, _caller: Admin
+) -> CommandRow:
+    return _command(site, db, "failover", name,
+                    lambda progress: recovery.failover(name, wanted, progress))  # fmt: skip
+
+
+@router.post("/vpgs/{name}/failover/commit", response_model=CommandOut, status_code=202)
+async def commit(name: str, site: Site, db: Db, recovery: Source, _caller: Admin) -> CommandRow:
+    return _command(site, db, "failover_commit", name,
+                    lambda progress: recovery.commit(name, progress))  # fmt: skip
+
+
+@router.post("/vpgs/{name}/failover/rollback", response_model=CommandOut, status_code=202)
+async def rollback(name: str, site: Site, db: Db, recovery: Source, _caller: Admin) -> CommandRow:
+    return _command(site, db, "failover_rollback", name,
+                    lambda progress: recovery.rollback(name, progress))  # fmt: skip
+
+
+@router.post("/vpgs/{name}/move", response_model=CommandOut, status_code=202)
+async def move(name: str, site: Site, db: Db, recovery: Source, _caller: Admin) -> CommandRow:
+    return _command(site, db, "move", name, lambda progress: recovery.move(name, progress))
+
+
+# -- the target site's side, called by the source site's manager -----------------------------
+
+
+@router.post("/replicas/{name}/test", status_code=201)
+async def open_test(
+    name: str, wanted: RecoveryIn, recovery: Target, caller: PeerCaller
+) -> dict[str, Any]:
+    return await recovery.open(peer_site(caller), name, "test", wanted)
+
+
+@router.delete("/replicas/{name}/test")
+async def close_test(name: str, recovery: Target, caller: PeerCaller) -> dict[str, Any]:
+    return await recovery.close_test(peer_site(caller), name)
+
+
+@router.post("/replicas/{name}/failover", status_code=201)
+async def open_failover(
+    name: str, wanted: RecoveryIn, recovery: Target, caller: PeerCaller
+) -> dict[str, Any]:
+    return await recovery.open(peer_site(caller), name, "failover", wanted)
+
+
+@router.post("/replicas/{name}/failover/commit")
+async def commit_failover(name: str, recovery: Target, caller: PeerCaller) -> dict[str, Any]:
+    return await recovery.commit(peer_site(caller), name)
+
+
+@router.post("/replicas/{name}/failover/rollback")
+async def rollback_failover(name: str, recovery: Target, caller: PeerCaller) -> dict[str, Any]:
+    return await recovery.rollback(peer_site(caller), name)

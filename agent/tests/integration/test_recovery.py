@@ -1,0 +1,192 @@
+"""Recovery through the site managers' API, end to end: failover tests that boot real QEMU
+guests from the views of a checkpoint, live failover with rollback or commit, and a move.
+Every check is by the content of whole disks."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from guest import ensure_guest, qemu_available, run_guest
+from harness import sha256_file, wait_for
+from sites import TwoSites
+
+MiB = 1024 * 1024
+pytestmark = pytest.mark.slow
+
+
+class RecoverySites(TwoSites):
+    """Two sites whose VPG "erp" has two VMs: vm1 (vm1-disk0) and vm2 (vm2-disk0)."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.disk2 = self.tap.add_disk("vm2-disk0", 16 * MiB)
+        self.tap.write_config()
+        self.vdsa_b.settings["vm_accel"] = "tcg"  # this machine's KVM cannot run the guest
+
+    def protect(self, boot: dict[str, dict[str, Any]] | None = None) -> None:
+        vms = [
+            {"name": vm, "host": "a1", "disks": [{"export": f"{vm}-disk0"}],
+             **({"boot": boot[vm]} if boot else {})}
+            for vm in ("vm1", "vm2")
+        ]  # fmt: skip
+        self.pair()
+        self.manager_a.ok("POST", "/vpgs", self.admin_a, self.vpg(vms=vms))
+        self.wait_state("erp", "protected")
+
+    def api(self, method: str, path: str, json: Any = None) -> Any:
+        return self.manager_a.ok(method, path, self.admin_a, json)
+
+    def command(self, method: str, path: str, json: Any = None) -> Any:
+        return self.manager_a.wait_command(self.api(method, path, json), self.admin_a)
+
+    def checkpoint(self, tag: str) -> dict[str, Any]:
+        return dict(self.api("POST", "/vpgs/erp/checkpoints", {"tag": tag}))
+
+    def sources(self) -> dict[str, Path]:
+        return dict(self.tap.exports)
+
+    def mirrors(self) -> dict[str, Path]:
+        found = {p.name: p for p in (self.tap.root.parent / "b1" / "ds1").rglob("disk*.raw")}
+        return {"vm1-disk0": found["disk1.raw"], "vm2-disk0": found["disk2.raw"]}
+
+    def in_sync(self) -> bool:
+        """The mirrors equal the sources (after a checkpoint taken with the sources idle)."""
+        return hashes(self.mirrors()) == hashes(self.sources())
+
+
+@pytest.fixture
+def sites(tmp_path: Path) -> Iterator[RecoverySites]:
+    sites = RecoverySites(tmp_path)
+    try:
+        sites.start()
+        yield sites
+    finally:
+        sites.stop()
+
+
+def hashes(paths: dict[str, Path]) -> dict[str, str]:
+    return {name: sha256_file(path) for name, path in paths.items()}
+
+
+def qemu_io(target: str | Path, command: str) -> None:
+    subprocess.run(["qemu-io", "-f", "raw", "-c", command, str(target)], check=True,
+                   capture_output=True)  # fmt: skip
+
+
+def copies(paths: dict[str, Path], directory: Path) -> dict[str, Path]:
+    directory.mkdir()
+    return {name: Path(shutil.copyfile(path, directory / f"{name}.raw")) for name, path in
+            paths.items()}  # fmt: skip
+
+
+@pytest.mark.guest
+@pytest.mark.skipif(not qemu_available(), reason="qemu-system-x86_64 is not installed")
+def test_failover_test_boots_both_vms_from_the_checkpoint_while_replication_goes_on(
+    sites: RecoverySites,
+) -> None:
+    image = ensure_guest()
+    boot = {
+        vm: {"kernel": str(image.kernel), "initrd": str(image.initramfs), "memory_mb": 256,
+             "append": "console=ttyS0 panic=-1 hvds.action=read", "order": order,
+             "delay_seconds": 0.5}
+        for order, vm in enumerate(("vm2", "vm1"))  # vm2 boots first
+    }  # fmt: skip
+    vm1, vm2 = (sites.tap.uri(f"{vm}-disk0") for vm in ("vm1", "vm2"))
+    assert run_guest(image, vm1, "write:1:64").result == "wrote 64"
+    assert run_guest(image, vm2, "write:2:32").result == "wrote 32"
+    sites.protect(boot)
+    checkpoint = sites.checkpoint("before-test")
+    at_checkpoint = hashes(sites.sources())
+    assert run_guest(image, vm1, "write:3:8").result == "wrote 8"  # after the checkpoint
+
+    started = sites.command("POST", "/vpgs/erp/failover-test", {"tag": "before-test"})["result"]
+    assert started["checkpoint"]["id"] == checkpoint["id"]
+    assert [vm["name"] for vm in started["vms"]] == ["erp.vm2", "erp.vm1"]
+    # Replication goes on during the test: the source writes, checkpoints reach the target.
+    qemu_io(vm2, "write -P 0x5a 8M 1M")
+    during = sites.checkpoint("during-test")
+    assert during["id"] > checkpoint["id"]
+    rpo = sites.api("GET", "/vpgs/erp")["rpo_seconds"]
+    assert rpo is not None and rpo < 10
+
+    def guests_done() -> bool:
+        return all(sites.vdsa_b.control(op="vm_status", name=f"erp.{vm}")["state"] == "stopped"
+                   for vm in ("vm1", "vm2"))  # fmt: skip
+
+    wait_for(guests_done, timeout=120, what="both recovered guests to report and power off")
+    report = sites.command("DELETE", "/vpgs/erp/failover-test")["result"]["report"]
+    assert report["result"] == "passed", report
+    consoles = {vm["name"]: "\n".join(vm["console_tail"]) for vm in report["vms"]}
+    for vm in ("vm1", "vm2"):
+        assert f"HVDS-RESULT: sha256 {at_checkpoint[f'{vm}-disk0']}" in consoles[f"erp.{vm}"]
+    assert report["checkpoint"]["tag"] == "before-test"
+    assert sorted(report["disks"]) == ["vm1-disk0", "vm2-disk0"]
+    sites.wait_state("erp", "protected")
+    sites.checkpoint("after-test")
+    assert sites.in_sync()
+
+
+def test_live_failover_to_an_earlier_checkpoint_then_rollback(
+    sites: RecoverySites, tmp_path: Path
+) -> None:
+    vm1 = sites.tap.uri("vm1-disk0")
+    qemu_io(vm1, "write -P 0x11 0 4M")
+    sites.protect()
+    sites.checkpoint("c1")
+    qemu_io(vm1, "write -P 0x22 1M 1M")
+    sites.checkpoint("c2")
+    before = hashes(sites.mirrors())
+    assert before == hashes(sites.sources())
+
+    failed_over = sites.command("POST", "/vpgs/erp/failover", {"tag": "c1"})["result"]
+    assert sites.api("GET", "/vpgs/erp")["state"] == "failing_over"
+    views = {view["disk"]: view["uri"] for view in failed_over["views"]}
+    qemu_io(views["vm1-disk0"], "write -P 0x33 0 64k")  # the recovered VM writes
+    qemu_io(vm1, "write -P 0x44 2M 64k")  # and so does the source, still
+    rolled = sites.command("POST", "/vpgs/erp/failover/rollback")["result"]
+    assert rolled["discarded_bytes"] == 64 * 1024
+    assert hashes(sites.mirrors()) == before  # the failover left the mirrors alone
+    sites.wait_state("erp", "protected")
+    sites.checkpoint("after-rollback")
+    assert sites.in_sync()  # and the source's write during the failover got there
+
+
+def test_failover_then_commit_makes_the_mirrors_the_checkpoint_plus_the_vms_writes(
+    sites: RecoverySites, tmp_path: Path
+) -> None:
+    vm1 = sites.tap.uri("vm1-disk0")
+    qemu_io(vm1, "write -P 0x11 0 6M")
+    sites.protect()
+    sites.checkpoint("c1")
+    expected = copies(sites.sources(), tmp_path / "expected")
+    qemu_io(vm1, "write -P 0x22 0 1M")
+    sites.checkpoint("c2")
+
+    failed_over = sites.command("POST", "/vpgs/erp/failover", {"tag": "c1"})["result"]
+    views = {view["disk"]: view["uri"] for view in failed_over["views"]}
+    for target in (views["vm2-disk0"], expected["vm2-disk0"]):
+        qemu_io(target, "write -P 0x66 4M 128k")
+    committed = sites.command("POST", "/vpgs/erp/failover/commit")["result"]
+    assert committed["state"] == "committed" and committed["merged_bytes"] == 128 * 1024
+    assert sites.api("GET", "/vpgs/erp")["state"] == "failed_over"
+    assert hashes(sites.mirrors()) == hashes(expected)
+    # Committing again (a re-run after a crash) changes nothing.
+    sites.command("POST", "/vpgs/erp/failover/commit")
+    assert hashes(sites.mirrors()) == hashes(expected)
+
+
+def test_a_move_with_both_sites_up_loses_no_write(sites: RecoverySites) -> None:
+    vm1, vm2 = (sites.tap.uri(f"{vm}-disk0") for vm in ("vm1", "vm2"))
+    qemu_io(vm1, "write -P 0x11 0 2M")
+    sites.protect()
+    qemu_io(vm1, "write -P 0x12 3M 1M")  # the VMs' last writes before they are stopped
+    qemu_io(vm2, "write -P 0x13 0 512k")
+    moved = sites.command("POST", "/vpgs/erp/move")["result"]
+    assert moved["checkpoint"]["tag"].startswith("move-")
+    assert moved["state"] == "committed"
+    assert hashes({n: Path(p) for n, p in moved["mirrors"].items()}) == hashes(sites.sources())
