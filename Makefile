@@ -5,7 +5,7 @@ VENV ?= $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: setup test unit integration lint demo bench ansible-check ansible-units
+.PHONY: setup test unit integration lint demo bench ansible-check ansible-units ansible-integration
 
 setup:
 	@bash scripts/setup.sh
@@ -19,7 +19,7 @@ unit: setup
 integration: setup
 	cd agent && pytest -q tests/integration
 
-test: setup lint ansible-check ansible-units
+test: setup lint ansible-check ansible-units ansible-integration
 	cd agent && pytest -q -ra tests
 
 demo: setup
@@ -38,3 +38,9 @@ ansible-check: setup
 # Unit tests of the collection's plugins (tests/unit/plugins): ansible-test units in the same tree.
 ansible-units: setup
 	bash scripts/ansible-check.sh tree units
+
+# Every module through ansible-playbook (ansible-test integration) against two real sites:
+# hvds-manager, VDSAs and a tap started by scripts/ansible-integration.py.
+ansible-integration: setup
+	bash scripts/ansible-check.sh tree
+	$(PY) scripts/ansible-integration.py
