@@ -48,8 +48,27 @@ attributes:
     support: full
     membership:
       - hvds.replication.api
+  check_mode:
+    description: Can run in check mode and return the changed status it would have without changing anything.
+    support: full
+  diff_mode:
+    description: Returns what changes (or would change in check mode), before and after, in diff mode.
+    support: full
+    details: The diff holds only what changes.
+  platform:
+    description: Target OS/families that can be operated against.
+    support: full
+    platforms: all
 notes:
   - All hvds.replication modules that talk to a site manager are in the action group
     C(hvds.replication.api), so C(module_defaults) with C(group/hvds.replication.api) sets the
     connection options once for a play.
+"""
+
+    # Added by the modules that only read (the *_info modules).
+    INFO_MODULE = r"""
+attributes:
+  diff_mode:
+    support: N/A
+    details: It only reads.
 """

@@ -32,15 +32,6 @@ options:
     type: str
 extends_documentation_fragment:
   - hvds.replication.connection
-  - ansible.builtin.action_common_attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: full
-  platform:
-    support: full
-    platforms: all
 seealso:
   - module: hvds.replication.checkpoint_info
   - module: hvds.replication.failover_test

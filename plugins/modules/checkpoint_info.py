@@ -21,16 +21,9 @@ options:
     description: Only the checkpoints with this tag.
     type: str
 extends_documentation_fragment:
+  # First: where two fragments set the same attribute, the first one wins.
+  - hvds.replication.connection.info_module
   - hvds.replication.connection
-  - ansible.builtin.action_common_attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
-  platform:
-    support: full
-    platforms: all
 seealso:
   - module: hvds.replication.checkpoint
 """

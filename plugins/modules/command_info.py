@@ -34,16 +34,9 @@ options:
     type: int
     default: 600
 extends_documentation_fragment:
+  # First: where two fragments set the same attribute, the first one wins.
+  - hvds.replication.connection.info_module
   - hvds.replication.connection
-  - ansible.builtin.action_common_attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
-  platform:
-    support: full
-    platforms: all
 """
 
 EXAMPLES = r"""

@@ -46,15 +46,6 @@ options:
     default: 600
 extends_documentation_fragment:
   - hvds.replication.connection
-  - ansible.builtin.action_common_attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: full
-  platform:
-    support: full
-    platforms: all
 seealso:
   - module: hvds.replication.checkpoint
   - module: hvds.replication.command_info

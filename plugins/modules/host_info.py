@@ -18,16 +18,9 @@ options:
     description: Only this host. The result is an empty list when there is no such host.
     type: str
 extends_documentation_fragment:
+  # First: where two fragments set the same attribute, the first one wins.
+  - hvds.replication.connection.info_module
   - hvds.replication.connection
-  - ansible.builtin.action_common_attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
-  platform:
-    support: full
-    platforms: all
 """
 
 EXAMPLES = r"""

@@ -98,16 +98,6 @@ options:
     type: int
 extends_documentation_fragment:
   - hvds.replication.connection
-  - ansible.builtin.action_common_attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: full
-    details: The diff holds only the settings that change.
-  platform:
-    support: full
-    platforms: all
 seealso:
   - module: hvds.replication.protection_group_info
   - module: hvds.replication.checkpoint

@@ -17,16 +17,9 @@ options:
     description: Only this VPG. The result is an empty list when there is no such VPG.
     type: str
 extends_documentation_fragment:
+  # First: where two fragments set the same attribute, the first one wins.
+  - hvds.replication.connection.info_module
   - hvds.replication.connection
-  - ansible.builtin.action_common_attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
-  platform:
-    support: full
-    platforms: all
 seealso:
   - module: hvds.replication.protection_group
 """
@@ -54,20 +47,11 @@ protection_groups:
   type: list
   elements: dict
   sample:
-    - name: erp
-      vms: [{name: erp-db, host: host-a1, disks: [{export: erp-db-disk0}]}]
-      targets: [{site: site-b, host: host-b1, datastore: ds1}]
-      rpo_alert_seconds: 300
-      journal_history_hours: 1.0
-      journal_size_limit_bytes: 161061273600
-      checkpoint_interval_seconds: 5.0
-      priority: medium
-      compression: true
-      bandwidth_limit_bytes: 0
-      state: protected
-      rpo_seconds: 4.2
-      created_at: "2025-01-01T10:00:00Z"
-      updated_at: "2025-01-01T10:00:00Z"
+    - {name: erp, vms: [{name: erp-db, host: host-a1, disks: [{export: erp-db-disk0}]}],
+       targets: [{site: site-b, host: host-b1, datastore: ds1}], rpo_alert_seconds: 300,
+       journal_history_hours: 1.0, journal_size_limit_bytes: 161061273600, checkpoint_interval_seconds: 5.0,
+       priority: medium, compression: true, bandwidth_limit_bytes: 0, state: protected, rpo_seconds: 4.2,
+       created_at: "2025-01-01T10:00:00Z", updated_at: "2025-01-01T10:00:00Z"}
 """
 
 from ansible_collections.hvds.replication.plugins.module_utils.api import HvdsModule, read_items

@@ -43,15 +43,6 @@ options:
     default: present
 extends_documentation_fragment:
   - hvds.replication.connection
-  - ansible.builtin.action_common_attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: full
-  platform:
-    support: full
-    platforms: all
 seealso:
   - module: hvds.replication.site_info
 """
