@@ -116,9 +116,27 @@ class VpgOut(VpgSpec):
     updated_at: Time
 
 
+def _journal_text(value: str) -> str:
+    try:
+        size = len(value.encode())
+    except UnicodeEncodeError:
+        raise ValueError("not valid Unicode text") from None
+    if size > JOURNAL_TEXT_BYTES:
+        raise ValueError(f"at most {JOURNAL_TEXT_BYTES} bytes in UTF-8, not {size}")
+    return value
+
+
+# What the target's journal keeps of a checkpoint's tag and description (hvds.journal.records):
+# longer, the target would refuse the checkpoint, and every one after it.
+JOURNAL_TEXT_BYTES = 1024
+JournalText = Annotated[str, AfterValidator(_journal_text)]
+
+
 class CheckpointIn(Body):
-    tag: Annotated[str, Field(min_length=1, max_length=200)]
-    description: Annotated[str, Field(max_length=2000)] = ""
+    tag: Annotated[JournalText, Field(min_length=1, max_length=200)]
+    description: Annotated[
+        JournalText, Field(max_length=JOURNAL_TEXT_BYTES, description="at most 1024 bytes UTF-8")
+    ] = ""
 
 
 class CheckpointOut(BaseModel):
