@@ -4,6 +4,7 @@ Every check is by the content of whole disks."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 from guest import ensure_guest, qemu_available, run_guest
-from harness import sha256_file, wait_for
+from harness import Lab, sha256_file, wait_for
 from sites import TwoSites
 
 MiB = 1024 * 1024
@@ -25,8 +26,28 @@ class RecoverySites(TwoSites):
     def __init__(self, root: Path) -> None:
         super().__init__(root)
         self.disk2 = self.tap.add_disk("vm2-disk0", 16 * MiB)
-        self.tap.write_config()
+        self.tap.write_config(exports_dir=str(self.tap.root / "exports.d"))
         self.vdsa_b.settings["vm_accel"] = "tcg"  # this machine's KVM cannot run the guest
+        self.vdsa_a.target_role = True  # reverse protection comes back to it
+        # Host b1 has a tap too: recovered disks are served through it once committed.
+        self.tap_b = Lab(root / "b1" / "tap")
+        self.tap_b.root.mkdir(parents=True)
+        self.tap_b.write_config(exports_dir=str(self.tap_b.root / "exports.d"))
+        self.vdsa_b.settings["tap_config"] = str(self.tap_b.config_path)
+
+    def start(self) -> None:
+        self.manager_a.start()
+        self.manager_b.start()
+        self.vdsa_b.start()
+        self.vdsa_a.start()
+        self.tap.start_tap(vdsa_socket=str(self.vdsa_a.tap_socket),
+                           exports_dir=str(self.tap.root / "exports.d"))  # fmt: skip
+        self.tap_b.start_tap(vdsa_socket=str(self.vdsa_b.tap_socket),
+                             exports_dir=str(self.tap_b.root / "exports.d"))  # fmt: skip
+
+    def stop(self) -> None:
+        self.tap_b.stop()
+        super().stop()
 
     def protect(self, boot: dict[str, dict[str, Any]] | None = None) -> None:
         vms = [
@@ -147,13 +168,16 @@ def test_live_failover_to_an_earlier_checkpoint_then_rollback(
     assert sites.api("GET", "/vpgs/erp")["state"] == "failing_over"
     views = {view["disk"]: view["uri"] for view in failed_over["views"]}
     qemu_io(views["vm1-disk0"], "write -P 0x33 0 64k")  # the recovered VM writes
-    qemu_io(vm1, "write -P 0x44 2M 64k")  # and so does the source, still
+    assert not readable(vm1)  # the source's disks are detached: nothing there can write them
     rolled = sites.command("POST", "/vpgs/erp/failover/rollback")["result"]
     assert rolled["discarded_bytes"] == 64 * 1024
+    assert rolled["source_attached"] == {"a1": ["vm1-disk0", "vm2-disk0"]}
     assert hashes(sites.mirrors()) == before  # the failover left the mirrors alone
+    assert hashes(sites.sources()) == before  # and the sources
+    qemu_io(vm1, "write -P 0x44 2M 64k")  # protection goes on
     sites.wait_state("erp", "protected")
     sites.checkpoint("after-rollback")
-    assert sites.in_sync()  # and the source's write during the failover got there
+    assert sites.in_sync()
 
 
 def test_failover_then_commit_makes_the_mirrors_the_checkpoint_plus_the_vms_writes(
@@ -190,3 +214,63 @@ def test_a_move_with_both_sites_up_loses_no_write(sites: RecoverySites) -> None:
     assert moved["checkpoint"]["tag"].startswith("move-")
     assert moved["state"] == "committed"
     assert hashes({n: Path(p) for n, p in moved["mirrors"].items()}) == hashes(sites.sources())
+
+
+def write_random(target: str, offset: int, length: int, scratch: Path) -> None:
+    """Incompressible data, so that what crosses the wire is what changed."""
+    pattern = scratch / f"random-{offset}-{length}"
+    pattern.write_bytes(os.urandom(length))
+    qemu_io(target, f"write -s {pattern} {offset} {length}")
+
+
+def readable(uri: str) -> bool:
+    result = subprocess.run(["qemu-io", "-f", "raw", "-c", "read 0 4k", uri],
+                            capture_output=True, check=False)  # fmt: skip
+    return result.returncode == 0
+
+
+def test_commit_reverse_protection_sends_only_the_changes_then_failback(
+    sites: RecoverySites, tmp_path: Path
+) -> None:
+    vm1 = sites.tap.uri("vm1-disk0")
+    write_random(vm1, 0, 8 * MiB, tmp_path)
+    sites.protect()
+    sites.checkpoint("c1")
+
+    failed_over = sites.command("POST", "/vpgs/erp/failover", {"tag": "c1"})["result"]
+    assert failed_over["source_fenced"] == {"a1": ["vm1-disk0", "vm2-disk0"]}
+    wait_for(lambda: not readable(vm1), what="site A's old disk detached from its tap")
+    views = {view["disk"]: view["uri"] for view in failed_over["views"]}
+    write_random(views["vm1-disk0"], 1 * MiB, 1 * MiB, tmp_path)  # the recovered VM writes
+    committed = sites.command("POST", "/vpgs/erp/failover/commit")["result"]
+    uris = committed["uris"]
+    write_random(uris["vm1-disk0"], 4 * MiB, 512 * 1024, tmp_path)  # and goes on, at site B
+    write_random(uris["vm2-disk0"], 0, 512 * 1024, tmp_path)
+    changed = 2 * MiB
+
+    reverse = sites.command("POST", "/vpgs/erp/reverse-protection")["result"]
+    assert reverse["site"] == "site-b"
+    b = sites.manager_b
+    wait_for(lambda: b.ok("GET", "/vpgs/erp", sites.admin_b)["state"] == "protected", 60,
+             "the reverse VPG protected")  # fmt: skip
+    link = sites.vdsa_b.status()["sources"]["erp"]["targets"]["a1"]
+    ratio = link["bytes_on_wire"] / changed
+    print(f"reverse protection: {link['bytes_on_wire']} bytes on the wire for {changed} "
+          f"bytes changed after the failover: {ratio:.3f}x")  # fmt: skip
+    assert ratio <= 1.1, link
+
+    # Failback: a move in the other direction, into site A's old disks, served again.
+    moved = b.wait_command(b.ok("POST", "/vpgs/erp/move", sites.admin_b), sites.admin_b)
+    assert moved["result"]["state"] == "committed"
+    at_b = hashes(
+        dict(
+            zip(
+                ("vm1-disk0", "vm2-disk0"),
+                (Path(p) for p in committed["mirrors"].values()),
+                strict=True,
+            )
+        )
+    )
+    assert hashes(sites.sources()) == at_b  # site A's disks hold all of site B's writes
+    assert readable(vm1)  # served by site A's tap again
+    assert not readable(uris["vm1-disk0"])  # and no longer at site B

@@ -74,7 +74,8 @@ def _target_vpg(replica: Replica, stores: dict[str, str]) -> dict[str, Any]:
                 "name": disk["name"],
                 "size": disk["size"],
                 "source": disk["source"],
-                "mirror": str(root / replica.source_site / replica.vpg / f"disk{disk['disk']}.raw"),
+                "mirror": spec.get("in_place", {}).get(disk["name"])
+                or str(root / replica.source_site / replica.vpg / f"disk{disk['disk']}.raw"),
             }
             for disk in spec["disks"]
         ],

@@ -17,9 +17,9 @@ import logging
 from typing import Any
 
 from hvds.manager.commands import Progress
-from hvds.manager.db import Vpg, utcnow
+from hvds.manager.db import Host, Vpg, utcnow
 from hvds.manager.peer_client import call_peer
-from hvds.manager.schemas import FailoverIn, RecoveryIn, RecoveryVm
+from hvds.manager.schemas import FailoverIn, RecoveryIn, RecoveryVm, ReverseIn, VpgSpec
 from hvds.manager.site import ConflictError, InvalidError, SiteManager, choose
 from hvds.manager.vdsa_client import VdsaError
 
@@ -88,11 +88,30 @@ class SourceRecovery:
             "result": "passed" if all(vm["exit_code"] in (None, 0) for vm in vms) else "failed",
         }}  # fmt: skip
 
+    async def _fence(self, spec: dict[str, Any], detached: bool) -> dict[str, Any]:
+        """Detach (or attach again) the VPG's disks from the source hosts' taps: once failed
+        over, no VM left here may write them (split-brain guard). A host that cannot be
+        reached is reported, not waited for: a failover is for when the source is in trouble."""
+        fenced: dict[str, Any] = {}
+        for host in sorted({vm["host"] for vm in spec["vms"]}):
+            exports = [d["export"] for vm in spec["vms"] if vm["host"] == host for d in vm["disks"]]
+            try:
+                message = {"op": "tap_detach", "exports": exports, "detached": detached}
+                await self._site.control(host, message)
+                fenced[host] = exports
+            except VdsaError as exc:
+                log.warning("source host %s not fenced: %s", host, exc)
+                fenced[host] = f"not reached: {exc}"
+        return fenced
+
     async def failover(self, name: str, wanted: FailoverIn, progress: Progress) -> Any:
         spec = self._vpg(name, "syncing", "protected", "failing_over")
         choice = wanted.model_dump(include={"checkpoint", "tag"})
         request = RecoveryIn(**choice, vms=_vms_of(spec))
+        fenced = await self._fence(spec, detached=True)
+        progress(20)
         opened = await self._ask(name, "POST", "/failover", request.model_dump(mode="json"))
+        opened["source_fenced"] = fenced
         self._set(name, "failing_over", {"kind": "failover", **opened})
         progress(60)
         if wanted.auto_commit_seconds is None:
@@ -115,9 +134,10 @@ class SourceRecovery:
         return committed
 
     async def rollback(self, name: str, progress: Progress) -> Any:
-        self._vpg(name, "failing_over")
+        spec = self._vpg(name, "failing_over")
         rolled = await self._ask(name, "POST", "/failover/rollback")
-        progress(90)
+        progress(80)
+        rolled["source_attached"] = await self._fence(spec, detached=False)
         self._set(name, "syncing", None)  # the source resumes where the target stopped it
         return rolled
 
@@ -131,6 +151,30 @@ class SourceRecovery:
         await self.failover(name, FailoverIn(checkpoint=checkpoint.id), progress)
         return {"checkpoint": checkpoint.model_dump(mode="json"),
                 **await self.commit(name, progress)}  # fmt: skip
+
+    async def reverse(self, name: str, progress: Progress) -> Any:
+        """After a commit: protect the recovered VMs back to this site, into their old disks,
+        so that only what differs is sent (decision 0012)."""
+        spec = self._vpg(name, "failed_over")
+        hosts = sorted({vm["host"] for vm in spec["vms"]})
+        if len(hosts) != 1:
+            raise InvalidError("reverse protection of a VPG spread over hosts is not supported")
+        with self._site.store.session() as session:
+            host = session.get(Host, hosts[0])
+            assert host is not None
+            paths = {e["name"]: e["path"] for e in host.exports if e.get("detached")}
+        exports = [d["export"] for vm in spec["vms"] for d in vm["disks"]]
+        missing = [export for export in exports if export not in paths]
+        if missing:
+            raise ConflictError(f"the old disks {missing} are not detached on {hosts[0]}")
+        request = {"host": hosts[0], "in_place": {export: paths[export] for export in exports}}
+        reversed_ = await self._ask(name, "POST", "/reverse", request)
+        progress(90)
+        with self._site.store.session() as session:
+            vpg = session.get(Vpg, name)
+            assert vpg is not None and vpg.recovery is not None
+            vpg.recovery = {**vpg.recovery, "reverse": reversed_}
+        return dict(reversed_)
 
 
 class TargetRecovery:
@@ -246,10 +290,53 @@ class TargetRecovery:
             await self._stop_vms(host, recovery)  # their writes must all be in the scratch
         committed = await self._site.control(host, {"op": "failover_commit", "vpg": name})
         mirrors: dict[str, str] = committed["mirrors"]
-        # The VMs start again on the committed disks, which are now the live copies.
+        # The committed disks are the live copies now: served by this host's tap, so that the
+        # VMs' writes on them can be protected again (reverse protection).
+        published = await self._site.control(
+            host, {"op": "tap_publish", "group": name, "disks": mirrors}
+        )
+        uris: dict[str, str] = published["uris"]
         wanted = RecoveryIn.model_validate({"vms": recovery.get("wanted_vms", [])})
-        vms = await self._boot(host, name, wanted, mirrors)
-        done = {**recovery, "state": "committed", "mirrors": mirrors, "vms": vms,
+        vms = await self._boot(host, name, wanted, uris)
+        done = {**recovery, "state": "committed", "mirrors": mirrors, "uris": uris, "vms": vms,
                 "merged_bytes": committed.get("merged_bytes", 0)}  # fmt: skip
         self._record(source, name, done)
         return done
+
+    async def reverse(self, source: str, name: str, request: ReverseIn) -> dict[str, Any]:
+        """Protect a committed VPG back to its old source site: a VPG of this site whose disks
+        are the committed ones, kept at the old site in place of the old disks."""
+        host, recovery = self._replica(source, name)
+        if recovery is None or recovery.get("state") != "committed":
+            raise ConflictError(f"{name} is not failed over and committed here")
+        with self._site.store.session() as session:
+            existing = session.get(Vpg, name)
+            if existing is not None:
+                return {"vpg": name, "site": self._site.name, "state": existing.state}
+        wanted = {vm["name"]: vm for vm in recovery.get("wanted_vms", [])}
+        spec = VpgSpec.model_validate({
+            "name": name,
+            "vms": [{"name": vm, "host": host, "boot": item.get("boot"),
+                  "disks": [{"export": disk} for disk in item["disks"]]}
+                 for vm, item in wanted.items()],
+            "targets": [{"site": source, "host": request.host, "datastore": "in-place",
+                         "in_place": request.in_place}],
+        })  # fmt: skip
+        exports = {d.export for vm in spec.vms for d in vm.disks}
+        await self._wait_reported(host, exports)
+        with self._site.store.request_session() as session:
+            vpg = await self._site.save_vpg(session, spec, None)
+            return {"vpg": name, "site": self._site.name, "state": vpg.state}
+
+    async def _wait_reported(self, host: str, exports: set[str], timeout: float = 60) -> None:
+        """Until the host's heartbeat lists the disks its tap now serves."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            with self._site.store.session() as session:
+                row = session.get(Host, host)
+                served = {e["name"] for e in (row.exports if row else []) if not e.get("detached")}
+            if exports <= served:
+                return
+            if asyncio.get_running_loop().time() > deadline:
+                raise ConflictError(f"host {host} does not report {sorted(exports - served)}")
+            await asyncio.sleep(0.3)

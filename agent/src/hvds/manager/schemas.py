@@ -75,6 +75,11 @@ class Target(Body):
     site: Name
     host: Name
     datastore: Name
+    in_place: dict[str, str] = Field(
+        default_factory=dict,
+        description="disk name -> an image at the target to keep the mirror in instead of the "
+        "datastore: a failback's old disks, each a detached export of the target host",
+    )
 
 
 class VpgSpec(Body):
@@ -164,6 +169,13 @@ class RecoveryVm(Body):
     boot: VmBoot | None = None
 
 
+class ReverseIn(Body):
+    """A source site asks its recovery site to protect a committed VPG back to it."""
+
+    host: Name
+    in_place: dict[str, str] = Field(description="disk name -> the old disk's image there")
+
+
 class RecoveryIn(CheckpointChoice):
     """What a source site asks of the recovery site (manager to manager)."""
 
@@ -193,6 +205,8 @@ class DatastoreReport(Body):
 class ExportReport(Body):
     name: str
     size: Annotated[int, Field(ge=0)]
+    path: str = ""
+    detached: bool = Field(default=False, description="not served: failed over elsewhere")
 
 
 class Heartbeat(Body):
@@ -302,6 +316,7 @@ class ReplicaIn(Body):
     disks: Annotated[list[ReplicaDisk], Field(min_length=1)]
     journal_history_hours: float
     journal_size_limit_bytes: int
+    in_place: dict[str, str] = Field(default_factory=dict)
 
 
 class ReplicaOut(BaseModel):

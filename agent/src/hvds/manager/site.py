@@ -12,14 +12,15 @@ import contextlib
 import datetime
 import logging
 import time
+from functools import partial
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from hvds.manager.commands import Commands, Progress
 from hvds.manager.config import ManagerConfig
-from hvds.manager.db import Host, Peer, Replica, Store, Vpg, utcnow
+from hvds.manager.db import Host, Peer, Replica, Store, Vpg, VpgMember, utcnow
 from hvds.manager.peer_client import call_peer
 from hvds.manager.planner import disk_key, host_plan, source_hosts
 from hvds.manager.schemas import CheckpointOut, ReplicaDisk, ReplicaIn, VpgSpec
@@ -131,7 +132,7 @@ class SiteManager:
             host = hosts.get(vm.host)
             if host is None:
                 raise InvalidError(f"VM {vm.name}: no host {vm.host} at site {self.name}")
-            exports = {export["name"]: export["size"] for export in host.exports}
+            exports = {e["name"]: e["size"] for e in host.exports if not e.get("detached")}
             for disk in vm.disks:
                 if disk.export not in exports:
                     raise InvalidError(f"VM {vm.name}: host {vm.host} serves no disk {disk.export}")
@@ -151,6 +152,8 @@ class SiteManager:
             host_entry = next((h for h in topology["hosts"] if h["name"] == target.host), None)
             if host_entry is None:
                 raise InvalidError(f"site {target.site} has no host {target.host}")
+            if target.in_place:
+                continue  # checked by the target site: images of its own, no datastore room
             stores = {store["name"]: store for store in host_entry["datastores"]}
             if target.datastore not in stores:
                 raise InvalidError(f"host {target.host} of {target.site} has no datastore "
@@ -159,6 +162,30 @@ class SiteManager:
             if existing is None and size > free:
                 raise InvalidError(f"datastore {target.datastore} at {target.site} has "
                               f"{free} bytes free, the VPG's disks need {size}")  # fmt: skip
+
+    async def save_vpg(self, session: Session, spec: VpgSpec, existing: Vpg | None) -> Vpg:
+        """Validate, store (a new VPG, or new settings of ``existing``) and set it up at its
+        sites in an ``initial_sync`` command."""
+        await self.validate(session, spec, existing)
+        vpg = existing or Vpg(name=spec.name, spec={}, disk_ids={}, links=[])
+        vpg.spec = spec.model_dump(mode="json")
+        self.allocate_disk_ids(vpg)
+        session.add(vpg)
+        session.execute(delete(VpgMember).where(VpgMember.vpg == vpg.name))
+        session.add_all(VpgMember(vpg=vpg.name, vm=vm["name"]) for vm in vpg.spec["vms"])
+        session.commit()
+        self.commands.start("initial_sync", vpg.name, partial(self._configure, vpg.name))
+        return vpg
+
+    async def _configure(self, name: str, progress: Progress) -> dict[str, Any]:
+        try:
+            return await self.configure_vpg(name, progress)
+        except Exception:
+            with self.store.session() as session:
+                vpg = session.get(Vpg, name)
+                if vpg is not None:
+                    vpg.state = "error"
+            raise
 
     def allocate_disk_ids(self, vpg: Vpg) -> None:
         ids = dict(vpg.disk_ids)
@@ -204,6 +231,7 @@ class SiteManager:
                 disks=[ReplicaDisk.model_validate(disk) for disk in disks],
                 journal_history_hours=spec["journal_history_hours"],
                 journal_size_limit_bytes=spec["journal_size_limit_bytes"],
+                in_place=target.get("in_place", {}),
             )
             answer = await call_peer(
                 peer, "PUT", f"/replicas/{name}", json=replica.model_dump(mode="json")
@@ -304,8 +332,7 @@ class SiteManager:
             host = session.get(Host, wanted.host)
             if host is None:
                 raise InvalidError(f"site {self.name} has no host {wanted.host}")
-            if wanted.datastore not in {store["name"] for store in host.datastores}:
-                raise InvalidError(f"host {wanted.host} has no datastore {wanted.datastore}")
+            _check_placement(host, wanted)
             clash = session.scalars(
                 select(Replica).where(Replica.vpg == name, Replica.source_site != source_site)
             ).first()
@@ -413,6 +440,19 @@ def _rpo(vpg: Vpg, session: Session) -> float | None:
     if not times or min(times) == 0:
         return None
     return max(0.0, time.time() - float(min(times)) / 1e9)
+
+
+def _check_placement(host: Host, wanted: ReplicaIn) -> None:
+    """The mirrors go to a datastore of the host, or in place of images the host's tap has
+    detached (a failback's old disks): never to any other path a peer might name."""
+    detached = {e["path"] for e in host.exports if e.get("detached")}
+    for disk, path in wanted.in_place.items():
+        if path not in detached:
+            raise InvalidError(f"{path} (for {disk}) is no detached disk of host {host.name}")
+    if {d.name for d in wanted.disks} <= set(wanted.in_place):
+        return
+    if wanted.datastore not in {store["name"] for store in host.datastores}:
+        raise InvalidError(f"host {host.name} has no datastore {wanted.datastore}")
 
 
 def choose(checkpoints: list[CheckpointOut], wanted: dict[str, Any]) -> CheckpointOut:

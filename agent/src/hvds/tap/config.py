@@ -7,9 +7,16 @@ vdsa_socket = "/run/hvds/vdsa.sock"     # where this host's VDSA takes the write
 state_dir = "/var/lib/hvds/tap"         # dirty-block bitmaps
 metrics = "127.0.0.1:9711"              # Prometheus endpoint; omit to disable
 
+exports_dir = "/var/lib/hvds/tap/exports.d"   # drop-in files, see below
+
 [[export]]
 name = "vm1-disk0"
 path = "/var/lib/hvds/images/vm1-disk0.raw"
+
+The VDSA manages the drop-in directory during recovery (decision 0012): each ``*.toml`` there
+may add ``[[export]]`` entries (disks recovered here) and list ``detached`` export names (the
+old copies of VMs failed over elsewhere, which no VM may write any more). The tap looks at the
+directory every second and on SIGHUP.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from typing import Annotated
 
 from pydantic import Field, field_validator, model_validator
 
-from hvds.settings import HostPort, StrictModel, load_toml
+from hvds.settings import ConfigError, HostPort, StrictModel, load_toml
 
 
 class ExportConfig(StrictModel):
@@ -39,6 +46,7 @@ class TapSettings(StrictModel):
     # Copies queued to the VDSA beyond this are not kept: their blocks go to the dirty bitmap.
     link_buffer_bytes: Annotated[int, Field(ge=1024 * 1024)] = 64 * 1024 * 1024
     tap_id: str = ""
+    exports_dir: Path | None = None
 
     @field_validator("tcp", "metrics", mode="before")
     @classmethod
@@ -72,5 +80,33 @@ class TapConfig(StrictModel):
         return self
 
 
+# Written by the tap into exports_dir after each change: the names it serves now.
+SERVED_FILE = "served.json"
+
+
+class ExportsDropIn(StrictModel):
+    export: list[ExportConfig] = Field(default_factory=list)
+    detached: list[str] = Field(default_factory=list)
+
+
 def load_config(path: Path) -> TapConfig:
     return load_toml(path, TapConfig)
+
+
+def drop_ins(config: TapConfig) -> dict[Path, ExportsDropIn]:
+    directory = config.tap.exports_dir
+    if directory is None or not directory.is_dir():
+        return {}
+    return {path: load_toml(path, ExportsDropIn) for path in sorted(directory.glob("*.toml"))}
+
+
+def served_exports(config: TapConfig) -> list[ExportConfig]:
+    """The exports to serve: the file's and the drop-ins', less the detached ones."""
+    found = drop_ins(config)
+    exports = list(config.export) + [e for drop in found.values() for e in drop.export]
+    detached = {name for drop in found.values() for name in drop.detached}
+    names = [e.name for e in exports]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ConfigError(f"export names must be unique, repeated: {', '.join(repeated)}")
+    return [e for e in exports if e.name not in detached]

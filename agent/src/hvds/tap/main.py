@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -21,8 +22,9 @@ from pathlib import Path
 import uvloop
 from prometheus_client import REGISTRY, start_http_server
 
+from hvds.files import write_atomic
 from hvds.settings import ConfigError
-from hvds.tap.config import TapConfig, load_config
+from hvds.tap.config import SERVED_FILE, TapConfig, load_config, served_exports
 from hvds.tap.connection import NbdClient
 from hvds.tap.exports import ExportRegistry
 from hvds.tap.link import VdsaLink
@@ -43,8 +45,9 @@ class TapServer:
         self._servers: list[asyncio.Server] = []
 
     async def start(self) -> None:
-        for export in self.config.export:
+        for export in served_exports(self.config):
             self.registry.add(export)
+        self._report_served()
         settings = self.config.tap
         loop = asyncio.get_running_loop()
 
@@ -81,7 +84,11 @@ class TapServer:
             return
         if config.tap != self.config.tap:
             log.warning("reload applies exports only; [tap] changes need a restart")
-        wanted = {e.name: e for e in config.export}
+        try:
+            wanted = {e.name: e for e in served_exports(config)}
+        except ConfigError as exc:
+            log.error("reload refused, keeping the running exports: %s", exc)
+            return
         for export in self.registry:
             if wanted.get(export.name) != export.config:
                 self.registry.remove(export.name)
@@ -94,6 +101,29 @@ class TapServer:
                     continue
                 self.link.announce(added)
         self.config = config
+        self._report_served()
+
+    def _report_served(self) -> None:
+        """Say which exports are served now, in exports_dir: the VDSA waits on it to know that
+        a disk it detached is no longer written, or one it published can be used."""
+        directory = self.config.tap.exports_dir
+        if directory is not None:
+            served = json.dumps({"exports": sorted(e.name for e in self.registry)})
+            write_atomic(directory / SERVED_FILE, served.encode(), mode=0o644)
+
+    async def watch_exports_dir(self) -> None:
+        """Reload when a drop-in file of exports_dir changes (the VDSA writes them)."""
+        directory = self.config.tap.exports_dir
+        if directory is None:
+            return
+        seen = _signature(directory)
+        while True:
+            await asyncio.sleep(1)
+            now = _signature(directory)
+            if now != seen:
+                seen = now
+                log.info("%s changed: reloading the exports", directory)
+                self.reload()
 
     async def stop(self) -> None:
         for server in self._servers:
@@ -103,9 +133,18 @@ class TapServer:
             self.registry.remove(export.name)
 
 
+def _signature(directory: Path) -> list[tuple[str, int, int]]:
+    try:
+        return sorted((p.name, p.stat().st_mtime_ns, p.stat().st_size)
+                      for p in directory.glob("*.toml"))  # fmt: skip
+    except OSError:
+        return []
+
+
 async def serve(config_path: Path, config: TapConfig) -> None:
     server = TapServer(config_path, config)
     await server.start()
+    watcher = asyncio.create_task(server.watch_exports_dir())
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     loop.add_signal_handler(signal.SIGHUP, server.reload)
@@ -114,6 +153,7 @@ async def serve(config_path: Path, config: TapConfig) -> None:
     print("hvds-tap ready", flush=True)
     await stopping.wait()
     log.info("stopping")
+    watcher.cancel()
     await server.stop()
 
 
@@ -127,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         config = load_config(args.config)
+        served_exports(config)  # the drop-ins too: refuse to start on a bad one
     except ConfigError as exc:
         print(f"hvds-tap: {exc}", file=sys.stderr)
         return 2

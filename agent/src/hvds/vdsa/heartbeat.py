@@ -20,6 +20,7 @@ import httpx
 
 from hvds import __version__
 from hvds.settings import ConfigError
+from hvds.tap.config import drop_ins, served_exports
 from hvds.tap.config import load_config as load_tap_config
 from hvds.vdsa.config import ManagerLink, VdsaConfig
 
@@ -47,21 +48,25 @@ def host_report(config: VdsaConfig, status: dict[str, Any]) -> dict[str, Any]:
 
 
 def _exports(config: VdsaConfig) -> list[dict[str, Any]]:
+    """The tap's disks, detached ones included (flagged): a failback needs to find them."""
     path = config.vdsa.tap_config
     if path is None:
         return []
     try:
         tap = load_tap_config(path)
+        served = {export.name for export in served_exports(tap)}
+        found = drop_ins(tap)
     except ConfigError as exc:
         log.warning("cannot report the tap's disks: %s", exc)
         return []
     exports = []
-    for export in tap.export:
+    for export in [*tap.export, *(e for drop in found.values() for e in drop.export)]:
         try:
             size = os.stat(export.path).st_size
         except OSError:
             continue  # a disk whose image is gone is not offered for protection
-        exports.append({"name": export.name, "size": size})
+        exports.append({"name": export.name, "size": size, "path": str(export.path),
+                        "detached": export.name not in served})  # fmt: skip
     return exports
 
 

@@ -24,6 +24,7 @@ from hvds.vdsa.failover import Failovers
 from hvds.vdsa.receiver import serve_taps
 from hvds.vdsa.source import VpgSource
 from hvds.vdsa.source_taps import SourceRouter
+from hvds.vdsa.tap_exports import TapExports
 from hvds.vdsa.target import TargetServer, TargetVpgState, journal_label, open_journal
 
 log = logging.getLogger(__name__)
@@ -72,12 +73,13 @@ class VdsaService:
         self.targets: dict[str, TargetVpgState] = {}
         self.failed: dict[str, str] = {}  # journals that could not be opened, and why
         self._servers: list[asyncio.Server] = []
-        self._tasks: list[asyncio.Task[None]] = []
+        self._analyzers: dict[str, asyncio.Task[None]] = {}  # by journal label
         self.views = BackendCatalog()  # point-in-time views being served, by export name
         self._view_numbers = itertools.count(1)
         self._view_states: dict[str, TargetVpgState] = {}
         self.failovers: Failovers | None = None  # the target role's live failovers
         self.vms = vms or recovered_vms(config)
+        self.tap_exports = TapExports(config.vdsa.tap_config)
 
     async def start(self) -> None:
         config = self.config
@@ -109,7 +111,7 @@ class VdsaService:
                     state = TargetVpgState(replica, source_id, journal)
                     state.snapshot()
                     self.targets[state.label] = state
-                    self._tasks.append(asyncio.create_task(keep_analyzing(state)))
+                    self._analyzers[state.label] = asyncio.create_task(keep_analyzing(state))
             failovers.resume()
             target = TargetServer(self.targets, self.failed, failovers.refused)
             server = await asyncio.start_server(
@@ -149,6 +151,8 @@ class VdsaService:
                 "failover_rollback": self._failover_rollback,
                 "failover_commit": self._failover_commit,
                 "vm_start": self._vm_start,
+                "tap_detach": self._tap_detach,
+                "tap_publish": self._tap_publish,
                 "vm_status": lambda request: self.vms.status(str(request["name"])),
                 "vm_stop": lambda request: self.vms.stop(str(request["name"])),
             }
@@ -157,7 +161,7 @@ class VdsaService:
     async def stop(self) -> None:
         for server in self._servers:
             server.close()
-        for task in self._tasks:
+        for task in self._analyzers.values():
             task.cancel()
         if self.failovers is not None:
             self.failovers.close()
@@ -281,9 +285,12 @@ class VdsaService:
         return self._failovers().rollback(str(request["vpg"]))
 
     async def _failover_commit(self, request: dict[str, Any]) -> dict[str, Any]:
-        done = await asyncio.to_thread(self._failovers().commit, str(request["vpg"]))
-        # The committed VPG's journal is gone: restart the roles without it.
-        asyncio.get_running_loop().call_later(0.1, self.reconfigured.set)
+        name = str(request["vpg"])
+        done = await asyncio.to_thread(self._failovers().commit, name)
+        # Its journal is gone, and its source refused for good: it is no target here any more.
+        for label in [label for label, state in self.targets.items() if state.config.name == name]:
+            self._analyzers.pop(label).cancel()
+            del self.targets[label]
         return done
 
     async def _vm_start(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -293,6 +300,16 @@ class VdsaService:
             raise ValueError("a VM needs its disks: a list of NBD URIs")
         boot = VmBoot.model_validate(request.get("boot", {}))
         return await self.vms.start(str(request["name"]), [str(d) for d in disks], boot)
+
+    async def _tap_detach(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Detach disks from this host's tap (a failover's split-brain guard), or attach them."""
+        names = [str(name) for name in request["exports"]]
+        return await self.tap_exports.detach(names, bool(request.get("detached", True)))
+
+    async def _tap_publish(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Serve disks recovered here (name -> image) through this host's tap."""
+        disks = {str(name): str(path) for name, path in request["disks"].items()}
+        return {"uris": await self.tap_exports.publish(str(request["group"]), disks)}
 
     def _source(self, request: dict[str, Any]) -> VpgSource:
         name = str(request["vpg"])

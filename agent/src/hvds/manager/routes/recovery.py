@@ -14,7 +14,7 @@ from hvds.manager.commands import Progress
 from hvds.manager.db import CommandRow, Vpg
 from hvds.manager.recovery import SourceRecovery, TargetRecovery
 from hvds.manager.routes.deps import Admin, Db, PeerCaller, Site
-from hvds.manager.schemas import CheckpointChoice, CommandOut, FailoverIn, RecoveryIn
+from hvds.manager.schemas import CheckpointChoice, CommandOut, FailoverIn, RecoveryIn, ReverseIn
 from hvds.manager.site import InvalidError
 
 router = APIRouter(tags=["recovery"])
@@ -85,6 +85,12 @@ async def rollback(name: str, site: Site, db: Db, recovery: Source, _caller: Adm
                     lambda progress: recovery.rollback(name, progress))  # fmt: skip
 
 
+@router.post("/vpgs/{name}/reverse-protection", response_model=CommandOut, status_code=202)
+async def reverse(name: str, site: Site, db: Db, recovery: Source, _caller: Admin) -> CommandRow:
+    return _command(site, db, "reverse_protection", name,
+                    lambda progress: recovery.reverse(name, progress))  # fmt: skip
+
+
 @router.post("/vpgs/{name}/move", response_model=CommandOut, status_code=202)
 async def move(name: str, site: Site, db: Db, recovery: Source, _caller: Admin) -> CommandRow:
     return _command(site, db, "move", name, lambda progress: recovery.move(name, progress))
@@ -120,3 +126,10 @@ async def commit_failover(name: str, recovery: Target, caller: PeerCaller) -> di
 @router.post("/replicas/{name}/failover/rollback")
 async def rollback_failover(name: str, recovery: Target, caller: PeerCaller) -> dict[str, Any]:
     return await recovery.rollback(peer_site(caller), name)
+
+
+@router.post("/replicas/{name}/reverse", status_code=201)
+async def reverse_replica(
+    name: str, wanted: ReverseIn, recovery: Target, caller: PeerCaller
+) -> dict[str, Any]:
+    return await recovery.reverse(peer_site(caller), name, wanted)

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, HTTPException
-from sqlalchemy import delete, select
+from sqlalchemy import select
 
-from hvds.manager.commands import Progress
-from hvds.manager.db import CommandRow, Vpg, VpgMember
+from hvds.manager.db import Vpg
 from hvds.manager.routes.deps import Admin, Db, Reader, Site
 from hvds.manager.schemas import (
     CheckpointIn,
@@ -34,25 +31,6 @@ def _get(db: Db, name: str) -> Vpg:
     return vpg
 
 
-def _configure(site: Site, name: str) -> CommandRow:
-    async def operation(progress: Progress) -> dict[str, Any]:
-        try:
-            return await site.configure_vpg(name, progress)
-        except Exception:
-            with site.store.session() as db:
-                vpg = db.get(Vpg, name)
-                if vpg is not None:
-                    vpg.state = "error"
-            raise
-
-    return site.commands.start("initial_sync", name, operation)
-
-
-def _members(db: Db, vpg: Vpg) -> None:
-    db.execute(delete(VpgMember).where(VpgMember.vpg == vpg.name))
-    db.add_all(VpgMember(vpg=vpg.name, vm=vm["name"]) for vm in vpg.spec["vms"])
-
-
 @router.get("/vpgs", response_model=list[VpgOut])
 def list_vpgs(db: Db, _caller: Reader) -> list[VpgOut]:
     return [vpg_out(vpg) for vpg in db.scalars(select(Vpg).order_by(Vpg.name))]
@@ -67,14 +45,7 @@ def get_vpg(name: str, db: Db, _caller: Reader) -> VpgOut:
 async def create_vpg(spec: VpgSpec, site: Site, db: Db, _caller: Admin) -> VpgOut:
     if db.get(Vpg, spec.name) is not None:
         raise HTTPException(409, f"VPG {spec.name} exists")
-    await site.validate(db, spec, None)
-    vpg = Vpg(name=spec.name, spec=spec.model_dump(mode="json"), disk_ids={}, links=[])
-    site.allocate_disk_ids(vpg)
-    db.add(vpg)
-    _members(db, vpg)
-    db.commit()
-    _configure(site, vpg.name)
-    return vpg_out(vpg)
+    return vpg_out(await site.save_vpg(db, spec, None))
 
 
 @router.put("/vpgs/{name}", response_model=VpgOut)
@@ -84,14 +55,8 @@ async def update_vpg(name: str, spec: VpgSpec, site: Site, db: Db, _caller: Admi
     vpg = _get(db, name)
     if vpg.recovery is not None:
         raise HTTPException(409, f"a recovery of {name} is under way ({vpg.state}): end it first")
-    wanted = spec.model_dump(mode="json")
-    if wanted != vpg.spec:
-        await site.validate(db, spec, vpg)
-        vpg.spec = wanted
-        site.allocate_disk_ids(vpg)
-        _members(db, vpg)
-        db.commit()
-        _configure(site, name)
+    if spec.model_dump(mode="json") != vpg.spec:
+        await site.save_vpg(db, spec, vpg)
     return vpg_out(vpg)
 
 
