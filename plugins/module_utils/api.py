@@ -15,7 +15,7 @@ import ssl
 import time
 from http.client import HTTPException
 from urllib.error import HTTPError, URLError
-from urllib.parse import quote
+from urllib.parse import quote, urlparse
 
 from ansible.module_utils.basic import AnsibleModule, env_fallback
 from ansible.module_utils.common.text.converters import to_text
@@ -153,6 +153,16 @@ def backoff_delay(attempt, base=1.0, maximum=30.0, retry_after=None):
     return min(base * (2 ** attempt), maximum)
 
 
+def usable_url(url):
+    """Whether `url` is http(s)://host[:port][/path] (urllib would take `host:8443` for a scheme)."""
+    parsed = urlparse(url)
+    try:
+        port = parsed.port  # raises ValueError for a port that is no number or out of range
+    except ValueError:
+        return False
+    return parsed.scheme in ("http", "https") and bool(parsed.hostname) and port != 0
+
+
 class ApiClient:
     """A small client for the site manager's REST API v1 on top of ansible.module_utils.urls."""
 
@@ -180,6 +190,9 @@ class ApiClient:
         """Send one request, retrying what may be retried; the decoded JSON answer, or None."""
         method = method.upper()
         url = self.base_url + path
+        if not usable_url(self.base_url):
+            raise HvdsApiError("hvds API %s %s: the url %s cannot be used: it must be http(s)://host[:port]"
+                               % (method, path, self.base_url), method=method, url=url)
         headers = {"Authorization": "Bearer %s" % self.token, "Accept": "application/json"}
         data = None
         if body is not None:

@@ -218,6 +218,18 @@ def test_a_manager_that_is_not_there_is_retried_then_named_in_the_error():
         "hvds API POST /api/v1/vpgs: cannot reach the site manager at http://127.0.0.1:%d (after 4 tries): " % port)
 
 
+def test_a_url_without_a_scheme_is_a_clear_error():
+    for url in ("manager-a:8443", "manager-a", "ftp://manager-a", "https://manager-a:port", "https://:8443"):
+        client = ApiClient(url, TOKEN, sleep=pytest.fail)
+        with pytest.raises(HvdsApiError) as caught:
+            client.get("site")
+        assert caught.value.msg == (
+            "hvds API GET /api/v1/site: the url %s cannot be used: it must be http(s)://host[:port]" % url)
+    assert api.usable_url("https://manager-a.example.com:8443")
+    assert api.usable_url("http://127.0.0.1:8080/")
+    assert api.usable_url("https://[::1]:8443")
+
+
 def test_tls_verification_failures_are_not_retried():
     def opener(*args, **kwargs):
         raise URLError(ssl.SSLCertVerificationError("certificate verify failed"))
