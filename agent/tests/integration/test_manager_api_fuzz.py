@@ -24,6 +24,8 @@ SCHEMATHESIS = str(Path(shutil.which("schemathesis") or "schemathesis"))
 # Where the manager calls out (a peer site's manager, a host's VDSA): 502 is its documented
 # answer when that other side cannot be reached or refuses.
 CALLS_OUT = r"^/api/v1/(peers|vpgs|replicas)"
+# What only a paired site's manager may call (with its peer token).
+PEER_ONLY = r"^/api/v1/(replicas|pairing|topology)($|/)"
 
 
 def fuzz_config(sites: TwoSites, token: str, command_id: int, reports: Path) -> dict[str, Any]:
@@ -33,7 +35,7 @@ def fuzz_config(sites: TwoSites, token: str, command_id: int, reports: Path) -> 
         "headers": {"Authorization": f"Bearer {token}"},
         "tls-verify": str(sites.ca.path),
         "request-timeout": 60,
-        "generation": {"max-examples": 12},
+        "generation": {"max-examples": 6},
         "checks": {
             "enabled": False,
             "not_a_server_error": {"enabled": True},
@@ -85,31 +87,39 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(
     runs = {
         "admin": run_schemathesis(
             sites, sites.admin_a, sync["id"], tmp_path / "admin",
+            "--exclude-path-regex", PEER_ONLY,
             *(arg for name in deletions for arg in ("--exclude-name", name)),
         ),
         # What only a peer site may call, but DELETE /pairing: it ends the peer's token.
         "peer": run_schemathesis(
             sites, peer, sync["id"], tmp_path / "peer",
-            "--include-path-regex", r"^/api/v1/(replicas|pairing|topology)($|/)",
-            "--exclude-name", "DELETE /api/v1/pairing",
+            "--include-path-regex", PEER_ONLY, "--exclude-name", "DELETE /api/v1/pairing",
         ),
         "deletions": run_schemathesis(
             sites, sites.admin_a, sync["id"], tmp_path / "deletions",
             *(arg for name in deletions for arg in ("--include-name", name)),
         ),
     }  # fmt: skip
-    for label, operations in (("admin", 27), ("peer", 7), ("deletions", 2)):
-        done, report = runs[label]
+    for label, (done, report) in runs.items():
         assert done.returncode == 0, done.stdout[-6000:]
         assert report["complete"] and report["exit_code"] == 0
-        assert report["operations"]["tested"] == operations, (label, report["operations"])
-        assert report["test_cases"]["generated"] > 5 * operations
+        assert report["operations"]["tested"] == report["operations"]["selected"] > 1
+        assert report["test_cases"]["generated"] > 5 * report["operations"]["tested"]
         assert report["failures"] == [] and report["errors"] == []
         assert report["warnings"]["missing_auth"] == [], (label, report["warnings"])
+    # Between them, the runs tested every operation of the document but DELETE /pairing.
+    total = runs["admin"][1]["operations"]["total"]
+    assert sum(report["operations"]["tested"] for _, report in runs.values()) == total - 1
     # Every operation on the VPG and on the command reached them (404s would test nothing).
     assert runs["admin"][1]["warnings"]["missing_test_data"] == []
-    # The deletions, by hand: they work and leave both sites unpaired.
-    assert a.api("DELETE", "/vpgs/erp", sites.admin_a).status_code == 204
+    # The deletions, by hand, of the VPG (unless the fuzzing left a recovery of it under way,
+    # as it may: failover, commit and move are operations of the document too) and the pairing.
+    state = a.ok("GET", "/vpgs/erp", sites.admin_a)["state"]
+    deleted = a.api("DELETE", "/vpgs/erp", sites.admin_a)
+    if state in ("testing", "failing_over", "failed_over"):
+        assert deleted.status_code == 409 and "recovery of erp is under way" in deleted.text
+    else:
+        assert deleted.status_code == 204, (state, deleted.text)
     assert a.api("DELETE", "/peers/site-b", sites.admin_a).status_code == 204
     assert a.ok("GET", "/peers", sites.admin_a) == []
     assert sites.manager_b.ok("GET", "/peers", sites.admin_b) == []
