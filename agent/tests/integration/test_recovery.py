@@ -4,6 +4,7 @@ Every check is by the content of whole disks."""
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import subprocess
@@ -274,3 +275,54 @@ def test_commit_reverse_protection_sends_only_the_changes_then_failback(
     assert hashes(sites.sources()) == at_b  # site A's disks hold all of site B's writes
     assert readable(vm1)  # served by site A's tap again
     assert not readable(uris["vm1-disk0"])  # and no longer at site B
+
+
+def ext4_image(path: Path, size: int, files: dict[str, bytes]) -> Path:
+    """An ext4 file system image holding ``files`` (made by mkfs.ext4 -d, no mounting)."""
+    tree = path.with_suffix(".tree")
+    for name, content in files.items():
+        (tree / name).parent.mkdir(parents=True, exist_ok=True)
+        (tree / name).write_bytes(content)
+    with path.open("wb") as f:
+        f.truncate(size)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(tree), str(path)], check=True)
+    return path
+
+
+def test_a_file_and_a_whole_disk_restored_from_an_earlier_checkpoint(
+    sites: RecoverySites, tmp_path: Path
+) -> None:
+    vm1 = sites.tap.uri("vm1-disk0")
+    size = sites.disk.stat().st_size
+    v1 = ext4_image(tmp_path / "v1.img", size, {"etc/hello": b"version 1\n"})
+    subprocess.run(["nbdcopy", str(v1), vm1], check=True)
+    sites.protect()
+    sites.checkpoint("v1")
+    v2 = ext4_image(tmp_path / "v2.img", size, {"etc/hello": b"version 2\n", "etc/new": b"n"})
+    subprocess.run(["nbdcopy", str(v2), vm1], check=True)
+    sites.checkpoint("v2")
+
+    def read(tag: str, path: str) -> Any:
+        return sites.manager_a.api(
+            "GET", f"/vpgs/erp/file?disk=vm1-disk0&path={path}&tag={tag}", sites.admin_a
+        )
+
+    for tag, expected in (("v1", b"version 1\n"), ("v2", b"version 2\n")):
+        answer = read(tag, "/etc/hello")
+        assert answer.status_code == 200, answer.text
+        assert base64.b64decode(answer.json()["content"]) == expected
+    missing = read("v1", "/etc/new")  # created after v1
+    assert missing.status_code >= 400 and "not on the disk" in missing.text
+
+    restored = sites.command("POST", "/vpgs/erp/restore", {
+        "disk": "vm1-disk0", "tag": "v1", "datastore": "ds1", "name": "vm1-at-v1",
+    })["result"]  # fmt: skip
+    assert restored["path"].endswith("restores/vm1-at-v1.raw")
+    assert sha256_file(Path(restored["path"])) == sha256_file(v1)
+    again = sites.manager_a.ok("POST", "/vpgs/erp/restore", sites.admin_a, {
+        "disk": "vm1-disk0", "tag": "v1", "datastore": "ds1", "name": "vm1-at-v1",
+    })  # fmt: skip
+    ended = sites.manager_a.api("GET", f"/commands/{again['id']}", sites.admin_a)
+    wait_for(lambda: sites.manager_a.ok("GET", f"/commands/{again['id']}", sites.admin_a)[
+        "status"] == "failed", what="a second restore under the same name refused")  # fmt: skip
+    assert ended.status_code == 200

@@ -31,9 +31,10 @@ class DebugfsError(Exception):
 class ExtFiles:
     """Files of the ext file system that starts `offset` bytes into `image`."""
 
-    def __init__(self, image: Image, offset: int) -> None:
+    def __init__(self, image: Image, offset: int, max_size: int = MAX_FILE_SIZE) -> None:
         self.image = image
         self.offset = offset
+        self.max_size = max_size  # a larger file is refused, not truncated
 
     def _debugfs(self, request: str) -> tuple[bytes, str]:
         """(stdout, stderr) of one debugfs request against the file system."""
@@ -86,7 +87,7 @@ class ExtFiles:
         error = _first_error(err)
         if error:  # a short read of a damaged file: better no answer than half a file
             raise DebugfsError(error)
-        return out[:MAX_FILE_SIZE]
+        return out[: self.max_size]
 
     def read(self, path: str) -> tuple[str, bytes] | None:
         """(path after following symlinks, contents) of a regular file, or None if absent."""
@@ -98,8 +99,8 @@ class ExtFiles:
                 return None
             kind, size, target = stat
             if kind == "regular":
-                if size > MAX_FILE_SIZE:
-                    raise DebugfsError(f"{path} is implausibly large ({size} bytes)")
+                if size > self.max_size:
+                    raise DebugfsError(f"{path} is larger ({size} bytes) than {self.max_size}")
                 return path, self._cat(path)
             if kind != "symlink":
                 return None

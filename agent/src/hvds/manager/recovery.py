@@ -15,11 +15,20 @@ import contextlib
 import datetime
 import logging
 from typing import Any
+from urllib.parse import urlencode
 
 from hvds.manager.commands import Progress
 from hvds.manager.db import Host, Vpg, utcnow
 from hvds.manager.peer_client import call_peer
-from hvds.manager.schemas import FailoverIn, RecoveryIn, RecoveryVm, ReverseIn, VpgSpec
+from hvds.manager.schemas import (
+    CheckpointChoice,
+    FailoverIn,
+    RecoveryIn,
+    RecoveryVm,
+    RestoreIn,
+    ReverseIn,
+    VpgSpec,
+)
 from hvds.manager.site import ConflictError, InvalidError, SiteManager, choose
 from hvds.manager.vdsa_client import VdsaError
 
@@ -175,6 +184,18 @@ class SourceRecovery:
             assert vpg is not None and vpg.recovery is not None
             vpg.recovery = {**vpg.recovery, "reverse": reversed_}
         return dict(reversed_)
+
+    async def restore(self, name: str, wanted: RestoreIn, progress: Progress) -> Any:
+        """One disk as it was at a checkpoint, copied to an image at the recovery site."""
+        self._vpg(name)
+        restored = await self._ask(name, "POST", "/restore", wanted.model_dump(mode="json"))
+        progress(95)
+        return restored
+
+    async def read_file(self, name: str, query: dict[str, Any]) -> Any:
+        """One file of a disk as it was at a checkpoint (file-level restore)."""
+        self._vpg(name)
+        return await self._ask(name, "GET", f"/file?{urlencode(query)}")
 
 
 class TargetRecovery:
@@ -340,3 +361,31 @@ class TargetRecovery:
             if asyncio.get_running_loop().time() > deadline:
                 raise ConflictError(f"host {host} does not report {sorted(exports - served)}")
             await asyncio.sleep(0.3)
+
+    @staticmethod
+    def _at(wanted: CheckpointChoice) -> dict[str, Any]:
+        """The VDSA's name for the chosen checkpoint (the API's id is the cut's time)."""
+        if wanted.checkpoint is not None:
+            return {"time_ns": wanted.checkpoint}
+        return {"tag": wanted.tag} if wanted.tag else {}
+
+    async def restore(self, source: str, name: str, wanted: RestoreIn) -> dict[str, Any]:
+        host, _recovery = self._replica(source, name)
+        message = {
+            "op": "restore_disk", "vpg": name, "disk": wanted.disk,
+            "datastore": wanted.datastore, "name": wanted.name, **self._at(wanted),
+        }  # fmt: skip
+        answer = await self._site.control(host, message)
+        answer.pop("ok", None)
+        return answer
+
+    async def read_file(
+        self, source: str, name: str, disk: str, path: str,
+        wanted: CheckpointChoice, partition: int | None,
+    ) -> dict[str, Any]:  # fmt: skip
+        host, _recovery = self._replica(source, name)
+        message = {"op": "file_read", "vpg": name, "disk": disk, "path": path,
+                   "partition": partition, **self._at(wanted)}  # fmt: skip
+        answer = await self._site.control(host, message)
+        answer.pop("ok", None)
+        return answer

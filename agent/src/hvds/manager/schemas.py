@@ -169,6 +169,21 @@ class RecoveryVm(Body):
     boot: VmBoot | None = None
 
 
+class RestoreIn(CheckpointChoice):
+    disk: Annotated[str, Field(min_length=1, max_length=4096, description="the disk (export)")]
+    datastore: Name = Field(description="a datastore of the recovery host, to hold the image")
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")] = Field(
+        description="the restored image's name (<datastore>/restores/<name>.raw)"
+    )
+
+
+class FileOut(BaseModel):
+    path: str
+    size: int
+    checkpoint: int = Field(description="the journal's id of the checkpoint read")
+    content: str = Field(description="the file's bytes, base64")
+
+
 class ReverseIn(Body):
     """A source site asks its recovery site to protect a committed VPG back to it."""
 

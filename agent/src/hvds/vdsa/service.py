@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import itertools
 import logging
+import re
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+from hvds.analyzer.debugfs import DebugfsError
 from hvds.files import write_atomic
 from hvds.journal import Checkpoint, JournalError
 from hvds.nbd.block_server import BackendCatalog, serve_backends
 from hvds.nbd.server import ExportInfo
+from hvds.recovery.files import nbd_as_file, read_file
 from hvds.recovery.view import CheckpointView
 from hvds.recovery.vm import VmBoot, Vms
 from hvds.tls import client_context, server_context
@@ -151,6 +155,8 @@ class VdsaService:
                 "failover_rollback": self._failover_rollback,
                 "failover_commit": self._failover_commit,
                 "vm_start": self._vm_start,
+                "restore_disk": self._restore_disk,
+                "file_read": self._file_read,
                 "tap_detach": self._tap_detach,
                 "tap_publish": self._tap_publish,
                 "vm_status": lambda request: self.vms.status(str(request["name"])),
@@ -300,6 +306,53 @@ class VdsaService:
             raise ValueError("a VM needs its disks: a list of NBD URIs")
         boot = VmBoot.model_validate(request.get("boot", {}))
         return await self.vms.start(str(request["name"]), [str(d) for d in disks], boot)
+
+    async def _restore_disk(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Copy a replicated disk as it was at a checkpoint to an image in a datastore."""
+        stores = {store.name: store.path for store in self.config.datastore}
+        where = stores.get(str(request["datastore"]))
+        if where is None:
+            raise KeyError(f"no datastore {request['datastore']!r} on this host")
+        name = str(request["name"])
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", name):
+            raise ValueError(f"{name!r} cannot name a restored image")
+        target = where / "restores" / f"{name}.raw"
+        if target.exists():
+            raise ValueError(f"{target} exists: restore under another name")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        view = self._view_open(request)
+        try:
+            # nbdcopy leaves the zero blocks as holes: the image is as sparse as can be.
+            process = await asyncio.create_subprocess_exec(
+                "nbdcopy", view["uri"], str(target), stderr=asyncio.subprocess.PIPE
+            )
+            _out, error = await process.communicate()
+            if process.returncode != 0:
+                target.unlink(missing_ok=True)
+                raise ValueError(f"copy failed: {error.decode(errors='replace').strip()}")
+        finally:
+            self._view_close(view)
+        return {"path": str(target), "size": target.stat().st_size,
+                "checkpoint": view["checkpoint"]}  # fmt: skip
+
+    async def _file_read(self, request: dict[str, Any]) -> dict[str, Any]:
+        """One file of a replicated disk as it was at a checkpoint (ext2/3/4), as base64."""
+        path = str(request["path"])
+        partition = request.get("partition")
+        view = self._view_open(request)
+        try:
+
+            def read() -> bytes:
+                with nbd_as_file(view["uri"]) as disk:
+                    return read_file(disk, path, None if partition is None else int(partition))
+
+            content = await asyncio.to_thread(read)
+        except (OSError, DebugfsError) as exc:
+            raise ValueError(str(exc)) from exc
+        finally:
+            self._view_close(view)
+        return {"path": path, "size": len(content), "checkpoint": view["checkpoint"],
+                "content": base64.b64encode(content).decode()}  # fmt: skip
 
     async def _tap_detach(self, request: dict[str, Any]) -> dict[str, Any]:
         """Detach disks from this host's tap (a failover's split-brain guard), or attach them."""

@@ -14,7 +14,15 @@ from hvds.manager.commands import Progress
 from hvds.manager.db import CommandRow, Vpg
 from hvds.manager.recovery import SourceRecovery, TargetRecovery
 from hvds.manager.routes.deps import Admin, Db, PeerCaller, Site
-from hvds.manager.schemas import CheckpointChoice, CommandOut, FailoverIn, RecoveryIn, ReverseIn
+from hvds.manager.schemas import (
+    CheckpointChoice,
+    CommandOut,
+    FailoverIn,
+    FileOut,
+    RecoveryIn,
+    RestoreIn,
+    ReverseIn,
+)
 from hvds.manager.site import InvalidError
 
 router = APIRouter(tags=["recovery"])
@@ -91,6 +99,25 @@ async def reverse(name: str, site: Site, db: Db, recovery: Source, _caller: Admi
                     lambda progress: recovery.reverse(name, progress))  # fmt: skip
 
 
+@router.post("/vpgs/{name}/restore", response_model=CommandOut, status_code=202)
+async def restore(
+    name: str, wanted: RestoreIn, site: Site, db: Db, recovery: Source, _caller: Admin
+) -> CommandRow:
+    return _command(site, db, "restore_disk", name,
+                    lambda progress: recovery.restore(name, wanted, progress))  # fmt: skip
+
+
+@router.get("/vpgs/{name}/file", response_model=FileOut)
+async def read_file(
+    name: str, disk: str, path: str, recovery: Source, _caller: Admin,
+    checkpoint: int | None = None, tag: str | None = None, partition: int | None = None,
+) -> Any:  # fmt: skip
+    """A file of a disk at a checkpoint. Admin only: it reads the VMs' data."""
+    query = {"disk": disk, "path": path, "checkpoint": checkpoint, "tag": tag,
+             "partition": partition}  # fmt: skip
+    return await recovery.read_file(name, {k: v for k, v in query.items() if v is not None})
+
+
 @router.post("/vpgs/{name}/move", response_model=CommandOut, status_code=202)
 async def move(name: str, site: Site, db: Db, recovery: Source, _caller: Admin) -> CommandRow:
     return _command(site, db, "move", name, lambda progress: recovery.move(name, progress))
@@ -133,3 +160,19 @@ async def reverse_replica(
     name: str, wanted: ReverseIn, recovery: Target, caller: PeerCaller
 ) -> dict[str, Any]:
     return await recovery.reverse(peer_site(caller), name, wanted)
+
+
+@router.post("/replicas/{name}/restore", status_code=201)
+async def restore_replica(
+    name: str, wanted: RestoreIn, recovery: Target, caller: PeerCaller
+) -> dict[str, Any]:
+    return await recovery.restore(peer_site(caller), name, wanted)
+
+
+@router.get("/replicas/{name}/file", response_model=FileOut)
+async def read_replica_file(
+    name: str, disk: str, path: str, recovery: Target, caller: PeerCaller,
+    checkpoint: int | None = None, tag: str | None = None, partition: int | None = None,
+) -> Any:  # fmt: skip
+    wanted = CheckpointChoice(checkpoint=checkpoint, tag=tag)
+    return await recovery.read_file(peer_site(caller), name, disk, path, wanted, partition)
