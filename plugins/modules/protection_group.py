@@ -56,9 +56,39 @@ options:
             description: Name of the disk's export on the host's tap.
             type: str
             required: true
+      boot:
+        description:
+          - How the VM boots at the recovery site (failover test, failover, move). Without it the
+            VM's disks are recovered but the VM is not booted.
+          - Suboptions not given keep their current value; on a VM new to the VPG, the site
+            manager's default.
+        type: dict
+        suboptions:
+          memory_mb:
+            description: Memory of the VM in MiB (site manager default 512).
+            type: int
+          cpus:
+            description: Virtual CPUs (default 1).
+            type: int
+          kernel:
+            description: Kernel for a direct kernel boot, a path at the recovery host; default the first disk's boot loader.
+            type: str
+          initrd:
+            description: Initial RAM disk for a direct kernel boot.
+            type: str
+          append:
+            description: Kernel command line for a direct kernel boot.
+            type: str
+          order:
+            description: Boot order among the VPG's VMs; lower boots first (default 0).
+            type: int
+          delay_seconds:
+            description: Seconds to wait after booting this VM before the next (default 0).
+            type: float
   targets:
     description:
       - Where the VPG is replicated to. Required to create a VPG. One target per site.
+      - A target the VPG has already keeps the C(in_place) mirrors that reverse protection gave it.
     type: list
     elements: dict
     suboptions:
@@ -190,21 +220,54 @@ def desired_settings(params):
     return dict((key, drop_none(params.get(key))) for key in SETTINGS)
 
 
+VM_KEYS = ("name", "host", "disks", "boot")
+BOOT_KEYS = ("memory_mb", "cpus", "kernel", "initrd", "append", "order", "delay_seconds")
+TARGET_KEYS = ("site", "host", "datastore", "in_place")
+# Nested settings a VM or target keeps when the task lists it without them: (list, key, setting).
+KEPT = (("vms", "name", "boot"), ("targets", "site", "in_place"))
+
+
+def project(item, keys):
+    """`item` with only `keys`, those that are set."""
+    return dict((key, item[key]) for key in keys if item.get(key) is not None)
+
+
 def writable(vpg):
     """The part of a VPG as read that may be sent back: its name and settings, nested values cut
     to the keys the API accepts (it refuses unknown keys)."""
     body = dict((key, vpg[key]) for key in ("name",) + SETTINGS if key in vpg)
     if "vms" in body:
-        body["vms"] = [
-            {"name": vm["name"], "host": vm["host"], "disks": [{"export": disk["export"]} for disk in vm["disks"]]}
-            for vm in body["vms"]
-        ]
+        vms = []
+        for vm in body["vms"]:
+            vm = project(vm, VM_KEYS)
+            vm["disks"] = [{"export": disk["export"]} for disk in vm["disks"]]
+            if "boot" in vm:
+                vm["boot"] = project(vm["boot"], BOOT_KEYS)
+            vms.append(vm)
+        body["vms"] = vms
     if "targets" in body:
-        body["targets"] = [
-            {"site": target["site"], "host": target["host"], "datastore": target["datastore"]}
-            for target in body["targets"]
-        ]
+        body["targets"] = [project(target, TARGET_KEYS) for target in body["targets"]]
     return body
+
+
+def keep_unset(current, given):
+    """`given` where each VM and target that the VPG has already (the same VM name, the same target
+    site) keeps what the task leaves out of a nested setting: a VM's boot settings, a target's
+    in_place mirrors (which reverse protection sets)."""
+    given = dict(given)
+    for key, ident, kept in KEPT:
+        if key not in given:
+            continue
+        have = dict((item[ident], item) for item in current.get(key) or [])
+        items = []
+        for item in given[key]:
+            old = have.get(item[ident]) or {}
+            if old.get(kept):
+                item = dict(item)
+                item[kept] = dict(old[kept], **item.get(kept, {}))
+            items.append(item)
+        given[key] = items
+    return given
 
 
 def plan_present(name, current, desired):
@@ -218,10 +281,10 @@ def plan_present(name, current, desired):
         body = {"name": name}
         body.update(given)
         return "create", body, {"before": {}, "after": body}
-    diff = minimal_diff(current, given)
+    body = writable(current)
+    diff = minimal_diff(current, keep_unset(body, given))
     if not diff["after"]:
         return None, None, diff
-    body = writable(current)
     body["name"] = name
     body.update(diff["after"])
     return "update", body, diff
@@ -258,10 +321,20 @@ def run(module):
 
 def main():
     disk = dict(export=dict(type="str", required=True))
+    boot = dict(
+        memory_mb=dict(type="int"),
+        cpus=dict(type="int"),
+        kernel=dict(type="str"),
+        initrd=dict(type="str"),
+        append=dict(type="str"),
+        order=dict(type="int"),
+        delay_seconds=dict(type="float"),
+    )
     vm = dict(
         name=dict(type="str", required=True),
         host=dict(type="str", required=True),
         disks=dict(type="list", elements="dict", required=True, options=disk),
+        boot=dict(type="dict", options=boot),
     )
     target = dict(
         site=dict(type="str", required=True),

@@ -83,6 +83,39 @@ def test_writable_cuts_nested_keys_the_api_would_refuse():
     assert set(body) == {"name"} | set(protection_group.SETTINGS)
 
 
+BOOT = {"memory_mb": 1024, "cpus": 2, "kernel": "", "initrd": "", "append": "", "order": 0, "delay_seconds": 0.0}
+
+
+def test_a_vm_listed_without_boot_settings_keeps_them():
+    read = dict(READ, vms=[dict(VMS[0], boot=BOOT)])
+    assert plan_present("erp", read, desired_settings(params(vms=VMS)))[0] is None
+    vms = VMS + [{"name": "erp-app", "host": "host-a2", "disks": [{"export": "erp-app-disk0"}]}]
+    action, body, diff = plan_present("erp", read, desired_settings(params(vms=vms)))
+    assert action == "update"
+    assert body["vms"] == [dict(VMS[0], boot=BOOT), vms[1]]
+    assert diff["after"]["vms"] == body["vms"]
+
+
+def test_boot_settings_given_change_only_those():
+    read = dict(READ, vms=[dict(VMS[0], boot=BOOT)])
+    same = [dict(VMS[0], boot={"memory_mb": 1024})]
+    assert plan_present("erp", read, desired_settings(params(vms=same)))[0] is None
+    more = [dict(VMS[0], boot={"memory_mb": 4096, "cpus": None})]
+    action, body, diff = plan_present("erp", read, desired_settings(params(vms=more)))
+    assert action == "update"
+    assert body["vms"][0]["boot"] == dict(BOOT, memory_mb=4096)
+    assert diff["before"]["vms"][0]["boot"]["memory_mb"] == 1024
+
+
+def test_a_target_keeps_the_in_place_mirrors_of_reverse_protection():
+    in_place = {"erp-db-disk0": "/var/lib/hvds/images/erp-db-disk0.raw"}
+    read = dict(READ, targets=[dict(TARGETS[0], in_place=in_place)])
+    assert plan_present("erp", read, desired_settings(params(targets=TARGETS)))[0] is None
+    action, body, _diff = plan_present("erp", read, desired_settings(params(priority="low")))
+    assert action == "update"
+    assert body["targets"] == [dict(TARGETS[0], in_place=in_place)]
+
+
 def test_absent_plans():
     assert plan_absent(None) == (None, {"before": {}, "after": {}})
     action, diff = plan_absent(READ)
