@@ -326,3 +326,36 @@ def test_a_file_and_a_whole_disk_restored_from_an_earlier_checkpoint(
     wait_for(lambda: sites.manager_a.ok("GET", f"/commands/{again['id']}", sites.admin_a)[
         "status"] == "failed", what="a second restore under the same name refused")  # fmt: skip
     assert ended.status_code == 200
+
+
+def test_a_failover_survives_crashes_of_both_managers_and_the_target_vdsa(
+    sites: RecoverySites, tmp_path: Path
+) -> None:
+    vm1 = sites.tap.uri("vm1-disk0")
+    qemu_io(vm1, "write -P 0x11 0 2M")
+    sites.protect()
+    sites.checkpoint("c1")
+    expected = copies(sites.sources(), tmp_path / "expected")
+    a, b = sites.manager_a, sites.manager_b
+
+    started = sites.api("POST", "/vpgs/erp/failover", {"tag": "c1"})
+    assert a.service is not None
+    a.service.kill()  # whenever that lands in the command: it must be safe to ask again
+    a.start()
+    interrupted = sites.api("GET", f"/commands/{started['id']}")
+    assert interrupted["status"] in ("succeeded", "failed"), interrupted
+    if interrupted["status"] == "failed":
+        assert interrupted["error"] == "interrupted by a manager restart"
+    failed_over = sites.command("POST", "/vpgs/erp/failover", {"tag": "c1"})["result"]
+    views = {view["disk"]: view["uri"] for view in failed_over["views"]}
+    for target in (views["vm1-disk0"], expected["vm1-disk0"]):
+        qemu_io(target, "write -P 0x77 512k 64k")
+
+    assert b.service is not None and sites.vdsa_b.service is not None
+    b.service.kill()  # the recovery site's manager and VDSA die with the failover live
+    sites.vdsa_b.service.kill()
+    sites.vdsa_b.start()
+    b.start()
+    committed = sites.command("POST", "/vpgs/erp/failover/commit")["result"]
+    assert committed["state"] == "committed"
+    assert hashes(sites.mirrors()) == hashes(expected)  # the VM's write survived it all
