@@ -359,3 +359,65 @@ def test_a_failover_survives_crashes_of_both_managers_and_the_target_vdsa(
     committed = sites.command("POST", "/vpgs/erp/failover/commit")["result"]
     assert committed["state"] == "committed"
     assert hashes(sites.mirrors()) == hashes(expected)  # the VM's write survived it all
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    name = f"hvds-t{os.getpid() % 100000}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "delete", name], check=False)
+
+
+def test_failover_test_networks_and_scripts(
+    sites: RecoverySites, tmp_path: Path, netns: str
+) -> None:
+    scripts = tmp_path / "scripts"
+    scripts.mkdir()
+    for name in ("pre", "post"):
+        script = scripts / f"{name}.sh"
+        script.write_text('#!/bin/sh\necho "$HVDS_VPG $HVDS_OPERATION $HVDS_CHECKPOINT" > '
+                          f'"{scripts}/{name}.out"\n')  # fmt: skip
+        script.chmod(0o755)
+    sites.vdsa_b.settings["scripts_dir"] = str(scripts)
+    sites.vdsa_b.stop()
+    sites.vdsa_b.start()
+    # No kernel and no boot loader on the disk: the VM waits in its firmware, on the network.
+    boot = {"vm1": {"memory_mb": 64}, "vm2": {"memory_mb": 64}}
+    sites.protect(boot)
+    recovery = {"test_network": f"netns:{netns}", "pre_script": "pre.sh", "post_script": "post.sh"}
+    vpg = sites.api("GET", "/vpgs/erp")
+    settings = {k: vpg[k] for k in ("name", "vms", "targets", "checkpoint_interval_seconds")}
+    sites.api("PUT", "/vpgs/erp", {**settings, "recovery": recovery})
+    sites.wait_state("erp", "protected")
+    checkpoint = sites.checkpoint("net")
+
+    sites.command("POST", "/vpgs/erp/failover-test", {"tag": "net"})
+    pids = subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True,
+                          check=True).stdout.split()  # fmt: skip
+    commands = [Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0] for pid in pids]
+    assert commands.count(b"qemu-system-x86_64") == 2, commands  # both VMs, in the namespace
+    for name in ("pre", "post"):
+        assert (scripts / f"{name}.out").read_text().split() == [
+            "erp",
+            "test",
+            str(checkpoint["id"]),
+        ]
+    report = sites.command("DELETE", "/vpgs/erp/failover-test")["result"]["report"]
+    assert {vm["state"] for vm in report["vms"]} == {"stopped"}
+    assert subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True,
+                          check=True).stdout.split() == []  # fmt: skip
+
+    # A script that fails stops the operation with its reason.
+    (scripts / "pre.sh").write_text("#!/bin/sh\necho no capacity >&2\nexit 3\n")
+    started = sites.api("POST", "/vpgs/erp/failover-test", {"tag": "net"})
+    wait_for(lambda: sites.api("GET", f"/commands/{started['id']}")["status"] == "failed",
+             what="the test refused by its pre script")  # fmt: skip
+    error = sites.api("GET", f"/commands/{started['id']}")["error"]
+    assert "pre.sh failed (exit 3): no capacity" in error
+    # Nothing was left half open: with the script fixed, the test runs.
+    (scripts / "pre.sh").write_text("#!/bin/sh\nexit 0\n")
+    sites.command("POST", "/vpgs/erp/failover-test", {"tag": "net"})
+    sites.command("DELETE", "/vpgs/erp/failover-test")

@@ -42,6 +42,14 @@ def _vms_of(spec: dict[str, Any]) -> list[RecoveryVm]:
     ]
 
 
+def _request(spec: dict[str, Any], choice: dict[str, Any], network: str) -> RecoveryIn:
+    settings = spec.get("recovery", {})
+    return RecoveryIn(
+        **choice, vms=_vms_of(spec), network=settings.get(network, ""),
+        pre_script=settings.get("pre_script", ""), post_script=settings.get("post_script", ""),
+    )  # fmt: skip
+
+
 class SourceRecovery:
     """The source site's side: one method per command; each updates the VPG's state."""
 
@@ -71,7 +79,7 @@ class SourceRecovery:
 
     async def test_start(self, name: str, wanted: dict[str, Any], progress: Progress) -> Any:
         spec = self._vpg(name, "syncing", "protected", "testing")
-        request = RecoveryIn(**wanted, vms=_vms_of(spec))
+        request = _request(spec, wanted, "test_network")
         opened = await self._ask(name, "POST", "/test", request.model_dump(mode="json"))
         progress(80)
         self._set(name, "testing", {"kind": "test", "started_at": utcnow().isoformat(), **opened})
@@ -115,8 +123,8 @@ class SourceRecovery:
 
     async def failover(self, name: str, wanted: FailoverIn, progress: Progress) -> Any:
         spec = self._vpg(name, "syncing", "protected", "failing_over")
-        choice = wanted.model_dump(include={"checkpoint", "tag"})
-        request = RecoveryIn(**choice, vms=_vms_of(spec))
+        request = _request(spec, wanted.model_dump(include={"checkpoint", "tag"}),
+                           "failover_network")  # fmt: skip
         fenced = await self._fence(spec, detached=True)
         progress(20)
         opened = await self._ask(name, "POST", "/failover", request.model_dump(mode="json"))
@@ -221,7 +229,8 @@ class TargetRecovery:
             current["kind"] != kind or current["checkpoint"]["id"] != checkpoint.id
         ):
             raise ConflictError(f"a {current['kind']} of {name} is under way: end it first")
-        if current is None:
+        if current is None:  # the pre script first: if it refuses, nothing is left behind
+            await self._script(host, wanted.pre_script, name, kind, checkpoint.id)
             self._record(source, name, {"kind": kind, "state": "opening",
                                         "checkpoint": checkpoint.model_dump(mode="json"),
                                         "views": [], "vms": []})  # fmt: skip
@@ -231,10 +240,12 @@ class TargetRecovery:
             message = {"op": "failover", "vpg": name, "time_ns": checkpoint.id}
             views = (await self._site.control(host, message))["disks"]
         vms = await self._boot(host, name, wanted, {view["disk"]: view["uri"] for view in views})
+        await self._script(host, wanted.post_script, name, kind, checkpoint.id)
         opened = {
             "kind": kind, "state": "open", "checkpoint": checkpoint.model_dump(mode="json"),
             "views": views, "vms": vms,
             "wanted_vms": [vm.model_dump(mode="json") for vm in wanted.vms],
+            "network": wanted.network,
         }  # fmt: skip
         self._record(source, name, opened)
         return opened
@@ -266,12 +277,18 @@ class TargetRecovery:
             assert vm.boot is not None
             disks = [uris[disk] for disk in vm.disks]
             message = {"op": "vm_start", "name": f"{name}.{vm.name}", "disks": disks,
-                       "boot": vm.boot.model_dump()}  # fmt: skip
+                       "boot": vm.boot.model_dump(), "network": wanted.network}  # fmt: skip
             report = await self._site.control(host, message)
             report.pop("ok", None)
             reports.append(report)
             await asyncio.sleep(vm.boot.delay_seconds)
         return reports
+
+    async def _script(self, host: str, script: str, name: str, kind: str, checkpoint: int
+                      ) -> None:  # fmt: skip
+        if script:
+            env = {"HVDS_VPG": name, "HVDS_OPERATION": kind, "HVDS_CHECKPOINT": str(checkpoint)}
+            await self._site.control(host, {"op": "run_script", "name": script, "env": env})
 
     async def _stop_vms(self, host: str, recovery: dict[str, Any]) -> list[dict[str, Any]]:
         reports = []
@@ -317,7 +334,9 @@ class TargetRecovery:
             host, {"op": "tap_publish", "group": name, "disks": mirrors}
         )
         uris: dict[str, str] = published["uris"]
-        wanted = RecoveryIn.model_validate({"vms": recovery.get("wanted_vms", [])})
+        wanted = RecoveryIn.model_validate(
+            {"vms": recovery.get("wanted_vms", []), "network": recovery.get("network", "")}
+        )
         vms = await self._boot(host, name, wanted, uris)
         done = {**recovery, "state": "committed", "mirrors": mirrors, "uris": uris, "vms": vms,
                 "merged_bytes": committed.get("merged_bytes", 0)}  # fmt: skip

@@ -82,6 +82,26 @@ class Target(Body):
     )
 
 
+Network = Annotated[str, Field(
+    pattern=r"^((bridge|netns):[A-Za-z0-9][A-Za-z0-9._-]{0,14})?$",
+    description="bridge:NAME (a Linux bridge) or netns:NAME (a network namespace) at the "
+    "recovery host; empty: no network",
+)]  # fmt: skip
+Script = Annotated[str, Field(
+    pattern=r"^([A-Za-z0-9][A-Za-z0-9._-]{0,127})?$",
+    description="a script in the recovery host VDSA's scripts_dir, by name; empty: none",
+)]  # fmt: skip
+
+
+class RecoverySettings(Body):
+    """How the VPG's VMs are recovered: their networks, and scripts run around it."""
+
+    test_network: Network = ""
+    failover_network: Network = ""
+    pre_script: Script = ""  # before the VMs boot; a failure stops the operation
+    post_script: Script = ""  # after they booted
+
+
 class VpgSpec(Body):
     name: Name
     vms: Annotated[list[Vm], Field(min_length=1, max_length=256)]
@@ -93,6 +113,7 @@ class VpgSpec(Body):
     priority: Literal["low", "medium", "high"] = "medium"
     compression: bool = True
     bandwidth_limit_bytes: Annotated[int, Field(ge=0)] = 0
+    recovery: RecoverySettings = Field(default_factory=RecoverySettings)
 
     @model_validator(mode="after")
     def _unique(self) -> VpgSpec:
@@ -195,6 +216,9 @@ class RecoveryIn(CheckpointChoice):
     """What a source site asks of the recovery site (manager to manager)."""
 
     vms: list[RecoveryVm] = Field(default_factory=list)
+    network: Network = ""
+    pre_script: Script = ""
+    post_script: Script = ""
 
 
 class CommandOut(BaseModel):

@@ -57,8 +57,15 @@ class RunningVm:
         }
 
 
-def qemu_argv(boot: VmBoot, disks: list[str], console: Path, accel: str) -> list[str]:
-    argv = [
+def qemu_argv(
+    boot: VmBoot, disks: list[str], console: Path, accel: str, network: str = ""
+) -> list[str]:
+    """QEMU's command line. ``network``: "bridge:NAME" puts a virtio NIC on that bridge (via
+    qemu-bridge-helper, which /etc/qemu/bridge.conf must allow); "netns:NAME" runs the VM in
+    that network namespace with a user-mode NIC, cut off from everything but it."""
+    kind, _, where = network.partition(":")
+    argv = ["ip", "netns", "exec", where] if kind == "netns" else []
+    argv += [
         QEMU, "-machine", f"accel={accel}", "-m", str(boot.memory_mb), "-smp", str(boot.cpus),
         "-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none",
         "-serial", f"file:{console}", "-no-reboot",
@@ -69,6 +76,10 @@ def qemu_argv(boot: VmBoot, disks: list[str], console: Path, accel: str) -> list
             argv += ["-initrd", boot.initrd]
         if boot.append:
             argv += ["-append", boot.append]
+    if kind == "bridge":
+        argv += ["-netdev", f"bridge,id=net0,br={where}", "-device", "virtio-net-pci,netdev=net0"]
+    elif kind == "netns":
+        argv += ["-netdev", "user,id=net0", "-device", "virtio-net-pci,netdev=net0"]
     for uri in disks:
         # A comma in a URI would end QEMU's option value: doubled, as QEMU's syntax wants.
         argv += ["-drive", f"file={uri.replace(',', ',,')},format=raw,if=virtio,cache=none"]
@@ -83,14 +94,16 @@ class Vms:
         self._accel = accel
         self.running: dict[str, RunningVm] = {}
 
-    async def start(self, name: str, disks: list[str], boot: VmBoot) -> dict[str, Any]:
+    async def start(
+        self, name: str, disks: list[str], boot: VmBoot, network: str = ""
+    ) -> dict[str, Any]:
         current = self.running.get(name)
         if current is not None and current.process.returncode is None:
             return current.report()  # already running: starting it again is a no-op
         self._console_dir.mkdir(parents=True, exist_ok=True)
         console = self._console_dir / f"{name}.console"
         console.unlink(missing_ok=True)
-        argv = qemu_argv(boot, disks, console, self._accel)
+        argv = qemu_argv(boot, disks, console, self._accel, network)
         process = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
@@ -127,3 +140,26 @@ class Vms:
         for name in list(self.running):
             with contextlib.suppress(ProcessLookupError):
                 await self.stop(name)
+
+
+SCRIPT_TIMEOUT_SECONDS = 300.0
+
+
+async def run_script(path: Path, env: dict[str, str]) -> dict[str, Any]:
+    """Run a recovery script; a non-zero exit is an error carrying the end of its output."""
+    if not path.is_file():
+        raise FileNotFoundError(f"no script {path}")
+    process = await asyncio.create_subprocess_exec(
+        str(path), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", **env},
+    )  # fmt: skip
+    try:
+        output, _ = await asyncio.wait_for(process.communicate(), SCRIPT_TIMEOUT_SECONDS)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise TimeoutError(f"{path.name} ran over {SCRIPT_TIMEOUT_SECONDS:.0f} s") from None
+    text = output.decode(errors="replace")[-2000:]
+    if process.returncode != 0:
+        raise ValueError(f"{path.name} failed (exit {process.returncode}): {text.strip()}")
+    return {"script": path.name, "output": text}

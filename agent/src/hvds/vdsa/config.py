@@ -147,6 +147,8 @@ class VdsaSettings(StrictModel):
     tap_config: Path | None = None
     # QEMU's accelerators for recovered VMs, in order of preference ("tcg": emulation only).
     vm_accel: str = "kvm:tcg"
+    # The recovery scripts a VPG may name (pre_script, post_script); none may run without it.
+    scripts_dir: Path | None = None
 
     @field_validator("listen", "metrics", mode="before")
     @classmethod

@@ -61,7 +61,7 @@ async def _answer(line: bytes, handlers: dict[str, Handler]) -> dict[str, Any]:
         if inspect.isawaitable(result):
             result = await result
         return {"ok": True, **result}
-    except (KeyError, ValueError, TypeError, TimeoutError) as exc:
+    except (KeyError, ValueError, TypeError, TimeoutError, OSError) as exc:
         return {"ok": False, "error": str(exc)}
 
 

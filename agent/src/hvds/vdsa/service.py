@@ -19,7 +19,7 @@ from hvds.nbd.block_server import BackendCatalog, serve_backends
 from hvds.nbd.server import ExportInfo
 from hvds.recovery.files import nbd_as_file, read_file
 from hvds.recovery.view import CheckpointView
-from hvds.recovery.vm import VmBoot, Vms
+from hvds.recovery.vm import VmBoot, Vms, run_script
 from hvds.tls import client_context, server_context
 from hvds.vdsa.analysis import keep_analyzing, summary
 from hvds.vdsa.config import ManagedVpgs, VdsaConfig
@@ -156,6 +156,7 @@ class VdsaService:
                 "failover_commit": self._failover_commit,
                 "vm_start": self._vm_start,
                 "restore_disk": self._restore_disk,
+                "run_script": self._run_script,
                 "file_read": self._file_read,
                 "tap_detach": self._tap_detach,
                 "tap_publish": self._tap_publish,
@@ -305,7 +306,22 @@ class VdsaService:
         if not isinstance(disks, list) or not disks:
             raise ValueError("a VM needs its disks: a list of NBD URIs")
         boot = VmBoot.model_validate(request.get("boot", {}))
-        return await self.vms.start(str(request["name"]), [str(d) for d in disks], boot)
+        network = str(request.get("network", ""))
+        if network and not re.fullmatch(r"(bridge|netns):[A-Za-z0-9][A-Za-z0-9._-]{0,14}", network):
+            raise ValueError(f"network {network!r}: expected bridge:NAME or netns:NAME")
+        return await self.vms.start(str(request["name"]), [str(d) for d in disks], boot, network)
+
+    async def _run_script(self, request: dict[str, Any]) -> dict[str, Any]:
+        """A recovery script of this host's scripts_dir, by name (a peer names, never paths)."""
+        directory = self.config.vdsa.scripts_dir
+        name = str(request["name"])
+        if directory is None:
+            raise ValueError("this VDSA has no scripts_dir: it runs no recovery scripts")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", name):
+            raise ValueError(f"{name!r} cannot name a script")
+        env = {str(k): str(v) for k, v in dict(request.get("env", {})).items()
+               if str(k).startswith("HVDS_")}  # fmt: skip
+        return await run_script(directory / name, env)
 
     async def _restore_disk(self, request: dict[str, Any]) -> dict[str, Any]:
         """Copy a replicated disk as it was at a checkpoint to an image in a datastore."""
