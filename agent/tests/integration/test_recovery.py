@@ -421,3 +421,41 @@ def test_failover_test_networks_and_scripts(
     (scripts / "pre.sh").write_text("#!/bin/sh\nexit 0\n")
     sites.command("POST", "/vpgs/erp/failover-test", {"tag": "net"})
     sites.command("DELETE", "/vpgs/erp/failover-test")
+
+
+def test_disaster_failover_from_the_recovery_site_and_the_old_site_comes_back_fenced(
+    sites: RecoverySites, tmp_path: Path
+) -> None:
+    vm1 = sites.tap.uri("vm1-disk0")
+    qemu_io(vm1, "write -P 0x11 0 2M")
+    sites.protect()
+    sites.checkpoint("last-good")
+    expected = copies(sites.sources(), tmp_path / "expected")
+    # Site A goes dark: its manager, VDSA and tap die at once.
+    for service in (sites.manager_a.service, sites.vdsa_a.service, sites.tap.tap):
+        assert service is not None
+        service.kill()
+
+    b, admin_b = sites.manager_b, sites.admin_b
+    (replica,) = b.ok("GET", "/replicas", admin_b)
+    assert replica == {"vpg": "erp", "source_site": "site-a", "host": "b1", "recovery": None,
+                       "state": None, "checkpoint": None}  # fmt: skip
+    at = "?source=site-a"
+    listed = b.ok("GET", f"/replicas/erp/checkpoints{at}", admin_b)
+    assert "last-good" in [checkpoint["tag"] for checkpoint in listed]
+    assert b.api("POST", "/replicas/erp/failover", admin_b, {}).status_code == 400  # whose?
+    b.ok("POST", f"/replicas/erp/failover{at}", admin_b, {"tag": "last-good"})
+    committed = b.ok("POST", f"/replicas/erp/failover/commit{at}", admin_b)
+    assert committed["state"] == "committed"
+    assert hashes(sites.mirrors()) == hashes(expected)
+
+    # Site A comes back: it must not write the old copy, and it follows the recovery site.
+    sites.vdsa_a.start()
+    sites.tap.start_tap(vdsa_socket=str(sites.vdsa_a.tap_socket),
+                        exports_dir=str(sites.tap.root / "exports.d"))  # fmt: skip
+    sites.manager_a.start()
+    sites.wait_state("erp", "failed_over", timeout=30)
+    wait_for(lambda: not readable(vm1), what="site A's old disks fenced on its return")
+    vpg = sites.api("GET", "/vpgs/erp")
+    assert vpg["state"] == "failed_over"
+    assert hashes(sites.sources()) == hashes(expected)  # nothing written on the old side

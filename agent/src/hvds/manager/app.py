@@ -23,10 +23,14 @@ CHANGES = {"POST", "PUT", "PATCH", "DELETE"}
 
 
 def create_app(manager: SiteManager) -> FastAPI:
+    source_recovery = SourceRecovery(manager)
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await manager.start()
+        learning = asyncio.create_task(source_recovery.keep_learning())
         yield
+        learning.cancel()
         await manager.stop()
 
     app = FastAPI(
@@ -35,7 +39,7 @@ def create_app(manager: SiteManager) -> FastAPI:
     )  # fmt: skip
     app.state.site = manager
     app.state.store = manager.store
-    app.state.source_recovery = SourceRecovery(manager)
+    app.state.source_recovery = source_recovery
     app.state.target_recovery = TargetRecovery(manager)
     for module in (site, hosts, vpgs, recovery, commands, peers):
         app.include_router(module.router, prefix="/api/v1")

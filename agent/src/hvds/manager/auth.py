@@ -23,6 +23,9 @@ _MAY = {
     "change": {"admin"},
     "heartbeat": {"host", "admin"},
     "peer": {"peer"},
+    # A replica kept here: its source site's manager, or this site's admin when the source
+    # site is down (a disaster failover is started at the recovery site).
+    "replica": {"peer", "admin"},
 }
 
 _bearer = HTTPBearer(auto_error=False)

@@ -17,9 +17,11 @@ import logging
 from typing import Any
 from urllib.parse import urlencode
 
+from sqlalchemy import select
+
 from hvds.manager.commands import Progress
 from hvds.manager.db import Host, Vpg, utcnow
-from hvds.manager.peer_client import call_peer
+from hvds.manager.peer_client import PeerError, call_peer
 from hvds.manager.schemas import (
     CheckpointChoice,
     FailoverIn,
@@ -33,6 +35,8 @@ from hvds.manager.site import ConflictError, InvalidError, SiteManager, choose
 from hvds.manager.vdsa_client import VdsaError
 
 log = logging.getLogger(__name__)
+
+LEARN_INTERVAL_SECONDS = 3.0
 
 
 def _vms_of(spec: dict[str, Any]) -> list[RecoveryVm]:
@@ -168,6 +172,51 @@ class SourceRecovery:
         await self.failover(name, FailoverIn(checkpoint=checkpoint.id), progress)
         return {"checkpoint": checkpoint.model_dump(mode="json"),
                 **await self.commit(name, progress)}  # fmt: skip
+
+    async def keep_learning(self) -> None:
+        while True:
+            try:
+                await self.learn_once()
+            except Exception:
+                log.exception("learning the recovery sites' failovers failed; trying again")
+            await asyncio.sleep(LEARN_INTERVAL_SECONDS)
+
+    async def learn_once(self) -> None:
+        """Take up failovers started at a recovery site while this site could not take part
+        (it was down): fence the old disks here (split-brain guard) and follow the recovery
+        site's state. Only VPGs that are not protected are asked about."""
+        with self._site.store.session() as session:
+            names = [vpg.name for vpg in session.scalars(select(Vpg))
+                     if vpg.state in ("syncing", "error", "failing_over")]  # fmt: skip
+        for name in names:
+            try:
+                there = await self._ask(name, "GET", "")
+            except (PeerError, InvalidError):
+                continue  # unreachable or unpaired: nothing learnt
+            with self._site.store.session() as session:
+                vpg = session.get(Vpg, name)
+                if vpg is None:
+                    continue
+                state, recovery, spec = vpg.state, dict(vpg.recovery or {}), dict(vpg.spec)
+            if (
+                (there.get("recovery") == "failover"
+                and state != "failing_over")
+                or (state == "failing_over" and there.get("state") == "committed")
+            ):
+                committed = there.get("state") == "committed"
+                log.warning("VPG %s was failed over at its recovery site: following it", name)
+                fenced = await self._fence(spec, detached=True)
+                self._set(name, "failed_over" if committed else "failing_over", {
+                    **recovery, "kind": "failover", "learned": True, "state": there["state"],
+                    "checkpoint": there["checkpoint"], "source_fenced": fenced,
+                })  # fmt: skip
+                if committed:
+                    for host in sorted({vm["host"] for vm in spec["vms"]}):
+                        self._site.push_soon(host)
+            elif state == "failing_over" and there.get("recovery") is None:
+                # Rolled back at the recovery site: protection resumes.
+                await self._fence(spec, detached=False)
+                self._set(name, "syncing", None)
 
     async def reverse(self, name: str, progress: Progress) -> Any:
         """After a commit: protect the recovered VMs back to this site, into their old disks,

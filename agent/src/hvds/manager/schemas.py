@@ -358,6 +358,15 @@ class ReplicaIn(Body):
     in_place: dict[str, str] = Field(default_factory=dict)
 
 
+class ReplicaState(BaseModel):
+    vpg: str
+    source_site: str
+    host: str
+    recovery: Literal["test", "failover"] | None = None
+    state: str | None = Field(default=None, description="opening, open or committed")
+    checkpoint: CheckpointOut | None = None
+
+
 class ReplicaOut(BaseModel):
     address: str = Field(description="the target VDSA's replication address")
     server_name: str = Field(description="the name its TLS certificate carries")

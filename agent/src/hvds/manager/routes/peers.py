@@ -11,9 +11,9 @@ from fastapi import APIRouter, HTTPException
 from sqlalchemy import select
 
 from hvds.manager.auth import PEER_PREFIX, digest, new_token, peer_site
-from hvds.manager.db import Host, PairingToken, Peer, Token, utcnow
+from hvds.manager.db import Host, PairingToken, Peer, Replica, Token, utcnow
 from hvds.manager.peer_client import PeerError, call, call_peer
-from hvds.manager.routes.deps import Admin, Db, PeerCaller, Reader, Site
+from hvds.manager.routes.deps import Admin, Db, PeerCaller, Reader, ReplicaSource, Site
 from hvds.manager.schemas import (
     CheckpointOut,
     DatastoreOut,
@@ -24,6 +24,7 @@ from hvds.manager.schemas import (
     PeerOut,
     ReplicaIn,
     ReplicaOut,
+    ReplicaState,
     Topology,
     TopologyHost,
 )
@@ -152,5 +153,25 @@ async def delete_replica(name: str, site: Site, db: Db, caller: PeerCaller) -> N
 
 
 @router.get("/replicas/{name}/checkpoints", response_model=list[CheckpointOut])
-async def replica_checkpoints(name: str, site: Site, caller: PeerCaller) -> list[CheckpointOut]:
-    return await site.replica_checkpoints(peer_site(caller), name)
+async def replica_checkpoints(name: str, site: Site, source: ReplicaSource) -> list[CheckpointOut]:
+    return await site.replica_checkpoints(source, name)
+
+
+@router.get("/replicas", response_model=list[ReplicaState])
+def list_replicas(db: Db, _caller: Reader) -> list[ReplicaState]:
+    """The VPGs of other sites kept here, and any recovery of them under way."""
+    return [replica_state(r) for r in db.scalars(select(Replica).order_by(Replica.vpg))]
+
+
+@router.get("/replicas/{name}", response_model=ReplicaState)
+def get_replica(name: str, site: Site, db: Db, source: ReplicaSource) -> ReplicaState:
+    return replica_state(site.replica(db, source, name))
+
+
+def replica_state(replica: Replica) -> ReplicaState:
+    recovery = replica.recovery or {}
+    return ReplicaState(
+        vpg=replica.vpg, source_site=replica.source_site, host=replica.host,
+        recovery=recovery.get("kind"), state=recovery.get("state"),
+        checkpoint=recovery.get("checkpoint"),
+    )  # fmt: skip

@@ -9,11 +9,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 
-from hvds.manager.auth import peer_site
 from hvds.manager.commands import Progress
 from hvds.manager.db import CommandRow, Vpg
 from hvds.manager.recovery import SourceRecovery, TargetRecovery
-from hvds.manager.routes.deps import Admin, Db, PeerCaller, Site
+from hvds.manager.routes.deps import Admin, Db, ReplicaSource, Site
 from hvds.manager.schemas import (
     CheckpointChoice,
     CommandOut,
@@ -123,56 +122,57 @@ async def move(name: str, site: Site, db: Db, recovery: Source, _caller: Admin) 
     return _command(site, db, "move", name, lambda progress: recovery.move(name, progress))
 
 
-# -- the target site's side, called by the source site's manager -----------------------------
+# -- the target site's side: called by the source site's manager, or by this site's admin
+# (with ?source=SITE) when the source site is down -------------------------------------------
 
 
 @router.post("/replicas/{name}/test", status_code=201)
 async def open_test(
-    name: str, wanted: RecoveryIn, recovery: Target, caller: PeerCaller
+    name: str, wanted: RecoveryIn, recovery: Target, source: ReplicaSource
 ) -> dict[str, Any]:
-    return await recovery.open(peer_site(caller), name, "test", wanted)
+    return await recovery.open(source, name, "test", wanted)
 
 
 @router.delete("/replicas/{name}/test")
-async def close_test(name: str, recovery: Target, caller: PeerCaller) -> dict[str, Any]:
-    return await recovery.close_test(peer_site(caller), name)
+async def close_test(name: str, recovery: Target, source: ReplicaSource) -> dict[str, Any]:
+    return await recovery.close_test(source, name)
 
 
 @router.post("/replicas/{name}/failover", status_code=201)
 async def open_failover(
-    name: str, wanted: RecoveryIn, recovery: Target, caller: PeerCaller
+    name: str, wanted: RecoveryIn, recovery: Target, source: ReplicaSource
 ) -> dict[str, Any]:
-    return await recovery.open(peer_site(caller), name, "failover", wanted)
+    return await recovery.open(source, name, "failover", wanted)
 
 
 @router.post("/replicas/{name}/failover/commit")
-async def commit_failover(name: str, recovery: Target, caller: PeerCaller) -> dict[str, Any]:
-    return await recovery.commit(peer_site(caller), name)
+async def commit_failover(name: str, recovery: Target, source: ReplicaSource) -> dict[str, Any]:
+    return await recovery.commit(source, name)
 
 
 @router.post("/replicas/{name}/failover/rollback")
-async def rollback_failover(name: str, recovery: Target, caller: PeerCaller) -> dict[str, Any]:
-    return await recovery.rollback(peer_site(caller), name)
+async def rollback_failover(name: str, recovery: Target, source: ReplicaSource) -> dict[str, Any]:
+    return await recovery.rollback(source, name)
 
 
 @router.post("/replicas/{name}/reverse", status_code=201)
 async def reverse_replica(
-    name: str, wanted: ReverseIn, recovery: Target, caller: PeerCaller
+    name: str, wanted: ReverseIn, recovery: Target, source: ReplicaSource
 ) -> dict[str, Any]:
-    return await recovery.reverse(peer_site(caller), name, wanted)
+    return await recovery.reverse(source, name, wanted)
 
 
 @router.post("/replicas/{name}/restore", status_code=201)
 async def restore_replica(
-    name: str, wanted: RestoreIn, recovery: Target, caller: PeerCaller
+    name: str, wanted: RestoreIn, recovery: Target, source: ReplicaSource
 ) -> dict[str, Any]:
-    return await recovery.restore(peer_site(caller), name, wanted)
+    return await recovery.restore(source, name, wanted)
 
 
 @router.get("/replicas/{name}/file", response_model=FileOut)
 async def read_replica_file(
-    name: str, disk: str, path: str, recovery: Target, caller: PeerCaller,
+    name: str, disk: str, path: str, recovery: Target, source: ReplicaSource,
     checkpoint: int | None = None, tag: str | None = None, partition: int | None = None,
 ) -> Any:  # fmt: skip
     wanted = CheckpointChoice(checkpoint=checkpoint, tag=tag)
-    return await recovery.read_file(peer_site(caller), name, disk, path, wanted, partition)
+    return await recovery.read_file(source, name, disk, path, wanted, partition)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException
-from sqlalchemy import select
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, Response
 
 from hvds.manager.db import Vpg
+from hvds.manager.listing import vpg_list
 from hvds.manager.routes.deps import Admin, Db, Reader, Site
 from hvds.manager.schemas import (
     CheckpointIn,
@@ -32,8 +34,12 @@ def _get(db: Db, name: str) -> Vpg:
 
 
 @router.get("/vpgs", response_model=list[VpgOut])
-def list_vpgs(db: Db, _caller: Reader) -> list[VpgOut]:
-    return [vpg_out(vpg) for vpg in db.scalars(select(Vpg).order_by(Vpg.name))]
+def list_vpgs(
+    db: Db, _caller: Reader,
+    limit: Annotated[int | None, Query(ge=1, le=10_000, description="default: all")] = None,
+    offset: Annotated[int, Query(ge=0, le=1 << 31, description="VPGs to skip, by name")] = 0,
+) -> Response:  # fmt: skip
+    return vpg_list(db, limit, offset)
 
 
 @router.get("/vpgs/{name}", response_model=VpgOut)
