@@ -13,6 +13,7 @@ import json
 from typing import Any
 
 from fastapi import Response
+from pydantic_core import to_jsonable_python
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -21,7 +22,7 @@ from hvds.manager.schemas import VpgSpec
 
 # Settings a VPG stored before they existed take their defaults, as a read through VpgOut would.
 _DEFAULTS = {
-    name: field.get_default(call_default_factory=True)
+    name: to_jsonable_python(field.get_default(call_default_factory=True))
     for name, field in VpgSpec.model_fields.items()
     if not field.is_required()
 }
