@@ -2,27 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Request, Response
 from sqlalchemy import select
 
 from hvds.manager.db import CommandRow
+from hvds.manager.listing import DEFAULT_PAGE, PAGE_HEADERS, Limit, Offset, page_headers
 from hvds.manager.routes.deps import Admin, Db, Reader, Site
 from hvds.manager.schemas import CommandOut
 
 router = APIRouter(tags=["commands"])
 
 
-@router.get("/commands", response_model=list[CommandOut])
+@router.get("/commands", response_model=list[CommandOut], responses=PAGE_HEADERS)
 def list_commands(
-    db: Db, _caller: Reader, vpg: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    request: Request, response: Response, db: Db, _caller: Reader, vpg: str | None = None,
+    limit: Limit = DEFAULT_PAGE, offset: Offset = 0,
 ) -> list[CommandRow]:  # fmt: skip
-    query = select(CommandRow).order_by(CommandRow.id.desc()).limit(limit)
+    """Newest first."""
+    query = select(CommandRow)
     if vpg is not None:
         query = query.where(CommandRow.vpg == vpg)
-    return list(db.scalars(query))
+    response.headers.update(page_headers(db, query, request, limit, offset))
+    return list(db.scalars(query.order_by(CommandRow.id.desc()).offset(offset).limit(limit)))
 
 
 def _get(db: Db, command_id: int) -> CommandRow:

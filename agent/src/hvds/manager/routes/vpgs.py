@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, HTTPException, Query, Response
+from fastapi import APIRouter, HTTPException, Request, Response
 
 from hvds.manager.db import Vpg
-from hvds.manager.listing import vpg_list
+from hvds.manager.listing import DEFAULT_PAGE, PAGE_HEADERS, Limit, Offset, vpg_list
 from hvds.manager.routes.deps import Admin, Db, Reader, Site
 from hvds.manager.schemas import (
     CheckpointIn,
@@ -33,13 +31,11 @@ def _get(db: Db, name: str) -> Vpg:
     return vpg
 
 
-@router.get("/vpgs", response_model=list[VpgOut])
+@router.get("/vpgs", response_model=list[VpgOut], responses=PAGE_HEADERS)
 def list_vpgs(
-    db: Db, _caller: Reader,
-    limit: Annotated[int | None, Query(ge=1, le=10_000, description="default: all")] = None,
-    offset: Annotated[int, Query(ge=0, le=1 << 31, description="VPGs to skip, by name")] = 0,
-) -> Response:  # fmt: skip
-    return vpg_list(db, limit, offset)
+    request: Request, db: Db, _caller: Reader, limit: Limit = DEFAULT_PAGE, offset: Offset = 0
+) -> Response:
+    return vpg_list(db, request, limit, offset)
 
 
 @router.get("/vpgs/{name}", response_model=VpgOut)
