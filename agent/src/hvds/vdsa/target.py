@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from hvds.disk import Disk
+from hvds.files import write_atomic
 from hvds.journal import (
     Checkpoint,
     DiskSpec,
@@ -46,6 +47,7 @@ from hvds.vdsa.config import TargetVpg
 log = logging.getLogger(__name__)
 
 UNDO_BLOCK_SIZE = 4096
+SOURCE_FILE = "source-host"  # in a journal's directory: the host whose tap fed it last
 # A source may ask for a smaller dedup cache than this, never a larger one.
 MAX_DEDUP_CACHE_BYTES = 256 * 1024 * 1024
 
@@ -78,6 +80,16 @@ class TargetVpgState:
         with self.journal_lock:
             journal = self.journal
             return journal.last_seq, journal.last_seq == 0 and journal.latest() is None
+
+    def note_source(self, source: str) -> bool:
+        """Record which host feeds this journal; True if it was another one: the VM's disks
+        moved to a new hypervisor, whose tap has none of the old one's dirty-block memory, so
+        the disks are compared by hash instead of trusted (nothing is resent that is equal)."""
+        path = self.journal.directory / SOURCE_FILE
+        previous = path.read_text() if path.exists() else None
+        if previous != source:
+            write_atomic(path, source.encode())
+        return previous is not None and previous != source
 
     def snapshot(self) -> None:
         """Record what the status and the metrics report (call with the journal idle)."""
@@ -178,6 +190,10 @@ class TargetServer:
             applier = BatchApplier(vpg, BlockCache(cache_bytes))
             # A replaced session's batch may still be finishing in its thread: wait for it.
             last_seq, fresh = await asyncio.to_thread(vpg.resume_point)
+            if await asyncio.to_thread(vpg.note_source, source):
+                log.warning("%s: its disks moved to host %s: comparing them by hash",
+                            vpg.label, source)  # fmt: skip
+                fresh = True
             hashes: list[bytes] = []
             block_size = info.get("hash_block")
             if fresh and isinstance(block_size, int) and _valid_hash_block(block_size):
