@@ -28,6 +28,7 @@ demo: setup
 bench: setup
 	$(PY) bench/tap_bench.py
 	$(PY) bench/replication_bench.py
+	$(PY) bench/manager_bench.py
 	$(PY) bench/view_bench.py
 
 # The Ansible collection (the repo root): a tree build/ansible_collections/hvds/replication, then
