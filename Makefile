@@ -46,3 +46,19 @@ ansible-units: setup
 ansible-integration: setup
 	bash scripts/ansible-check.sh tree
 	$(PY) scripts/ansible-integration.py
+
+# The two-site lab (lab/, inventory/lab): systemd containers under rootful podman, deployed by
+# playbooks/site.yml. lab-demo leaves the lab running; lab-test starts from fresh containers,
+# checks that a second site.yml changes nothing and that the mirror at site B equals the disk at
+# site A, then removes the containers (the image stays cached). lab-clean removes everything.
+.PHONY: lab-demo lab-test lab-clean
+lab-demo: setup
+	bash scripts/lab-demo.sh
+
+lab-test: setup
+	bash scripts/lab-demo.sh --fresh --down
+
+lab-clean:
+	bash lab/lab.sh down
+	bash lab/image.sh --remove
+	rm -rf build/lab
