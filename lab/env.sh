@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by the lab's scripts: the environment ansible-playbook needs against the lab.
 #   CONTAINERS_CONF           podman with runc and lowered ulimits (lab/containers.conf)
 #   ANSIBLE_COLLECTIONS_PATH  this repo as the collection hvds.replication (a link under

@@ -5,15 +5,21 @@
 # image. Cached: the image is tagged with a hash of this script, and rebuilt only when missing.
 #   lab/image.sh          build if missing, print the image name
 #   lab/image.sh --force  build again
+#   lab/image.sh --remove remove every build of the image
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 export CONTAINERS_CONF="${CONTAINERS_CONF:-$here/containers.conf}"
 mirror="${HVDS_LAB_MIRROR:-http://deb.debian.org/debian}"
 packages=(systemd systemd-sysv python3 python3-venv iproute2 procps qemu-utils ca-certificates)
-tag="$(cat "${BASH_SOURCE[0]}" | sha256sum | cut -c1-12)"
+tag="$(sha256sum <"${BASH_SOURCE[0]}" | cut -c1-12)"
 image="localhost/hvds-lab-debian12:$tag"
 
+if [[ "${1:-}" == "--remove" ]]; then
+  podman images --format '{{.Repository}}:{{.Tag}}' | grep '^localhost/hvds-lab-debian12:' |
+    xargs -r podman rmi >/dev/null
+  exit 0
+fi
 if [[ "${1:-}" != "--force" ]] && podman image exists "$image"; then
   echo "$image"
   exit 0

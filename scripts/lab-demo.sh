@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# The lab demo: two sites in systemd containers, deployed by the collection's playbooks/site.yml.
+#   1. builds the lab image if missing (debootstrap, about a minute) and starts the containers
+#   2. builds the agent's wheelhouse (the committed agent, HEAD:agent) if it changed
+#   3. runs playbooks/site.yml: certificates, managers, taps and VDSAs, pairing, the VPG
+#   4. runs it again: it must report no change (changed=0 on every host)
+#   5. lab/demo-check.yml: writes through hv-a1's tap, checkpoints, and shows hv-b1's mirror
+#      equal to the source by sha256
+# Options: --fresh removes the lab's containers (and CA) first; --down removes the containers at
+# the end. Times of each step at the end; logs in build/lab/logs/.
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+fresh=false down=false
+for arg in "$@"; do
+  case "$arg" in
+    --fresh) fresh=true ;;
+    --down) down=true ;;
+    *) echo "usage: $0 [--fresh] [--down]" >&2; exit 2 ;;
+  esac
+done
+
+cd "$repo"
+bash scripts/setup.sh lab
+# shellcheck source=/dev/null
+source lab/env.sh
+logs="$repo/build/lab/logs"
+mkdir -p "$logs"
+timings=()
+started=$SECONDS
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; step_started=$SECONDS; step_name="$*"; }
+done_step() { timings+=("$(printf '%4ds  %s' $((SECONDS - step_started)) "$step_name")"); }
+finish() {
+  local rc=$?
+  if $down; then bash lab/lab.sh down >/dev/null 2>&1 || true; fi
+  if ((${#timings[@]})); then
+    printf '\n\033[1m== timings\033[0m\n'; printf '%s\n' "${timings[@]}"
+    printf '%4ds  total\n' $((SECONDS - started))
+  fi
+  ((rc == 0)) || echo "lab demo FAILED (logs in $logs)" >&2
+  exit $rc
+}
+trap finish EXIT
+
+if $fresh; then
+  step "remove the old lab"
+  bash lab/lab.sh down
+  rm -rf build/lab/pki
+  done_step
+fi
+
+step "lab containers (image built if missing)"
+bash lab/lab.sh up
+done_step
+
+step "agent wheelhouse"
+bash lab/wheelhouse.sh
+done_step
+
+playbook() { # LOG PLAYBOOK: run it, show the task lines as they come, keep the whole output
+  local log="$1"; shift
+  ansible-playbook -i inventory/lab "$@" 2>&1 | tee "$log" |
+    grep --line-buffered -E '^(PLAY|TASK|changed|fatal|failed|\[ERROR\])|^hv-|MATCH|sha256|VPG|checkpoint' |
+    grep --line-buffered -v '^PLAY RECAP'
+  return "${PIPESTATUS[0]}"
+}
+
+step "site.yml, first run"
+playbook "$logs/site-1.log" playbooks/site.yml
+done_step
+
+step "site.yml, second run: must change nothing"
+playbook "$logs/site-2.log" playbooks/site.yml
+recap="$(sed -n '/^PLAY RECAP/,$p' "$logs/site-2.log")"
+echo "$recap"
+if grep -E '^hv-' <<<"$recap" | grep -vq 'changed=0 '; then
+  echo "the second run of site.yml changed something" >&2
+  grep -B3 '^changed:' "$logs/site-2.log" | grep -E '^(TASK|changed)' >&2 || true
+  exit 1
+fi
+done_step
+
+step "write through the tap at site A, checkpoint, compare the mirror at site B"
+playbook "$logs/demo-check.log" lab/demo-check.yml
+done_step
