@@ -11,11 +11,12 @@ manager's REST API v1 through its `ApiClient`. The helpers here raise `HvdsApiEr
 from __future__ import annotations
 
 import json
+import re
 import ssl
 import time
 from http.client import HTTPException
 from urllib.error import HTTPError, URLError
-from urllib.parse import quote, urlparse
+from urllib.parse import quote, urlencode, urlparse
 
 from ansible.module_utils.basic import AnsibleModule, env_fallback
 from ansible.module_utils.common.text.converters import to_text
@@ -153,6 +154,14 @@ def backoff_delay(attempt, base=1.0, maximum=30.0, retry_after=None):
     return min(base * (2 ** attempt), maximum)
 
 
+def next_page(link):
+    """The target of the `rel="next"` link of a `Link` header (a path under the manager's URL), or None."""
+    for match in re.finditer(r'<([^>]*)>\s*;([^,]*)', link or ""):
+        if re.search(r'\brel="?next"?', match.group(2)):
+            return match.group(1)
+    return None
+
+
 def usable_url(url):
     """Whether `url` is http(s)://host[:port][/path] (urllib would take `host:8443` for a scheme)."""
     parsed = urlparse(url)
@@ -165,6 +174,9 @@ def usable_url(url):
 
 class ApiClient:
     """A small client for the site manager's REST API v1 on top of ansible.module_utils.urls."""
+
+    # Items a list asks for at once (the manager serves at most 1000).
+    page_size = 1000
 
     def __init__(self, url, token, validate_certs=True, ca_path=None, timeout=30.0,
                  retries=3, backoff=1.0, backoff_max=30.0, opener=None, sleep=None, clock=None):
@@ -188,6 +200,10 @@ class ApiClient:
 
     def request(self, method, path, body=None):
         """Send one request, retrying what may be retried; the decoded JSON answer, or None."""
+        return self.exchange(method, path, body)[0]
+
+    def exchange(self, method, path, body=None):
+        """`request`, answering `(decoded JSON or None, the response's headers)`."""
         method = method.upper()
         url = self.base_url + path
         if not usable_url(self.base_url):
@@ -204,7 +220,7 @@ class ApiClient:
                 response = self._open(url, data=data, headers=headers, method=method,
                                       validate_certs=self.validate_certs, ca_path=self.ca_path,
                                       timeout=self.timeout, follow_redirects="safe")
-                return self._decode(method, path, response.read())
+                return self._decode(method, path, response.read()), response.headers
             except HTTPError as exc:
                 status = exc.code
                 detail = parse_error_body(_read_quietly(exc))
@@ -239,6 +255,23 @@ class ApiClient:
 
     def get(self, *parts):
         return self.request("GET", api_path(*parts))
+
+    def get_all(self, *parts, **query):
+        """Every item of a list that the manager may serve in pages: the first page asks for
+        `page_size` items, the next ones are where its `Link: <...>; rel="next"` header says."""
+        query = dict((key, value) for key, value in query.items() if value is not None)
+        query["limit"] = self.page_size
+        path = api_path(*parts) + "?" + urlencode(sorted(query.items()))
+        items = []
+        seen = set()
+        while path is not None:
+            if path in seen:
+                raise HvdsApiError("hvds API GET %s: the pages of the list link back to one read already" % path)
+            seen.add(path)
+            page, headers = self.exchange("GET", path)
+            items.extend(page)
+            path = next_page(headers.get("Link") if headers is not None else None)
+        return items
 
     def get_or_none(self, *parts):
         """The resource, or None when the manager answers 404."""
@@ -277,10 +310,11 @@ class ApiClient:
         return command
 
 
-def read_items(client, collection, name=None):
-    """`GET /<collection>` as a list; with a name, `[the item]`, or `[]` when there is none."""
+def read_items(client, collection, name=None, **query):
+    """`GET /<collection>` as a list (every page of it, filtered by `query`); with a name,
+    `[the item]`, or `[]` when there is none."""
     if name is None:
-        return client.get(collection)
+        return client.get_all(collection, **query)
     item = client.get_or_none(collection, name)
     return [] if item is None else [item]
 

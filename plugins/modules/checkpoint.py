@@ -97,7 +97,7 @@ def find_by_tag(checkpoints, tag):
 def run(module):
     client = module.client
     vpg = module.params["vpg"]
-    existing = find_by_tag(client.get("vpgs", vpg, "checkpoints"), module.params["tag"])
+    existing = find_by_tag(client.get_all("vpgs", vpg, "checkpoints"), module.params["tag"])
     if existing is not None:
         return dict(changed=False, checkpoint=existing, diff={"before": {}, "after": {}})
     body = {"tag": module.params["tag"]}

@@ -58,7 +58,7 @@ from ansible_collections.hvds.replication.plugins.module_utils.api import HvdsMo
 
 
 def run(module):
-    checkpoints = module.client.get("vpgs", module.params["vpg"], "checkpoints")
+    checkpoints = module.client.get_all("vpgs", module.params["vpg"], "checkpoints")
     tag = module.params["tag"]
     if tag is not None:
         checkpoints = [checkpoint for checkpoint in checkpoints if checkpoint.get("tag") == tag]

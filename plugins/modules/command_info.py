@@ -115,7 +115,8 @@ def select(commands, vpg=None, kind=None):
 
 def run(module):
     params = module.params
-    commands = select(read_items(module.client, "commands", params["id"]), params["vpg"], params["kind"])
+    found = read_items(module.client, "commands", params["id"], vpg=params["vpg"])
+    commands = select(found, params["vpg"], params["kind"])
     if params["wait"] and params["id"] is not None and commands:
         commands = [module.client.wait_command(commands[0], params["wait_timeout"])]
     return dict(changed=False, commands=commands)

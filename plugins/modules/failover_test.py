@@ -136,7 +136,7 @@ def run(module):
     name = params["vpg"]
     state = params["state"]
     vpg = client.get("vpgs", name)
-    commands = client.get("commands")
+    commands = client.get_all("commands", vpg=name)
     if state == "stopped":
         starting = pending_command(commands, name, KINDS["started"])
         if starting is not None and not module.check_mode:

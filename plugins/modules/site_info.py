@@ -76,7 +76,7 @@ from ansible_collections.hvds.replication.plugins.module_utils.api import HvdsMo
 
 def run(module):
     client = module.client
-    peers = client.get("peers")
+    peers = client.get_all("peers")
     if module.params["peer_topology"]:
         for peer in peers:
             peer["topology"] = client.get("peers", peer["name"], "topology")

@@ -17,6 +17,7 @@ import json
 import re
 import threading
 from contextlib import redirect_stdout
+from urllib.parse import parse_qsl, urlencode, urlsplit
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -55,22 +56,41 @@ class FakeManager:
         self.vpgs = {}
         self.checkpoints = {}
         self.commands = []
+        self.page_size = 100  # the default page of the paged lists, as hvds-manager's
         self.command_polls = 2  # GETs of a running command before it ends
         self.failing_command = None  # kind of command that ends failed
 
     def changes(self):
         return [(request[0], request[1]) for request in self.requests if request[0] != "GET"]
 
-    def handle(self, method, path, body):
+    def handle(self, method, target, body):
         with self.lock:
             if self.replies:
                 return self.replies.pop(0)
-            self.requests.append((method, path, body))
+            self.requests.append((method, target, body))
+            path, query = urlsplit(target).path, dict(parse_qsl(urlsplit(target).query))
             for pattern, route in self.ROUTES:
                 match = re.fullmatch(pattern, path)
                 if match and route[0] == method:
-                    return getattr(self, route[1])(body, *match.groups())
+                    answer = getattr(self, route[1])(body, *match.groups())
+                    if path in self.PAGED and answer[0] == 200:
+                        answer = self.page(path, query, answer[1])
+                    return answer
             return 404, {"detail": "no route %s %s" % (method, path)}, {}
+
+    PAGED = ("/api/v1/vpgs", "/api/v1/commands")
+
+    def page(self, path, query, items):
+        """A page of a list as hvds-manager serves /vpgs and /commands: `vpg` filters, `limit`
+        and `offset` select, `X-Total-Count` and a `Link rel="next"` header tell the rest."""
+        if "vpg" in query:
+            items = [item for item in items if item.get("vpg") == query["vpg"]]
+        limit, offset = int(query.get("limit", self.page_size)), int(query.get("offset", 0))
+        headers = {"X-Total-Count": str(len(items))}
+        if offset + limit < len(items):
+            following = dict(query, limit=limit, offset=offset + limit)
+            headers["Link"] = '<%s?%s>; rel="next"' % (path, urlencode(sorted(following.items())))
+        return 200, items[offset:offset + limit], headers
 
     ROUTES = [
         (r"/api/v1/site", ("GET", "get_site")),

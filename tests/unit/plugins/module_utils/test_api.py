@@ -293,3 +293,46 @@ def test_finish_command_raises_when_the_command_failed(manager):
         finish_command(client, command, True, 60)
     assert caught.value.msg == "hvds command 1 (failover_test_start) failed: no target answered"
     assert finish_command(client, {"id": 9, "status": "running"}, False, 60)["status"] == "running"
+
+
+# --- lists in pages ---------------------------------------------------------------------------
+
+
+def test_next_page_reads_the_link_header():
+    assert api.next_page('</api/v1/vpgs?limit=2&offset=2>; rel="next"') == "/api/v1/vpgs?limit=2&offset=2"
+    assert api.next_page('</a?o=0>; rel="prev", </a?o=4>; rel=next') == "/a?o=4"
+    assert api.next_page('</a?o=0>; rel="prev"') is None
+    assert api.next_page(None) is None
+    assert api.next_page("") is None
+
+
+def add_vpgs(manager, count):
+    for number in range(count):
+        name = "vpg-%03d" % number
+        manager.vpgs[name] = {"name": name, "state": "protected"}
+
+
+def test_get_all_follows_the_pages(manager):
+    add_vpgs(manager, 5)
+    client = client_for(manager)[0]
+    client.page_size = 2
+    assert [vpg["name"] for vpg in client.get_all("vpgs")] == ["vpg-%03d" % n for n in range(5)]
+    assert [request[1] for request in manager.requests] == [
+        "/api/v1/vpgs?limit=2", "/api/v1/vpgs?limit=2&offset=2", "/api/v1/vpgs?limit=2&offset=4"]
+
+
+def test_get_all_passes_filters_and_takes_an_unpaged_list_whole(manager):
+    client = client_for(manager)[0]
+    client.page_size = 1
+    assert [host["name"] for host in client.get_all("hosts")] == ["host-a1"]
+    assert client.get_all("commands", vpg="erp", kind=None) == []
+    assert [request[1] for request in manager.requests] == [
+        "/api/v1/hosts?limit=1", "/api/v1/commands?limit=1&vpg=erp"]
+
+
+def test_get_all_stops_on_pages_that_link_back(manager):
+    loop = '</api/v1/vpgs?limit=1000>; rel="next"'
+    manager.replies = [(200, [{"name": "a"}], {"Link": loop})] * 2
+    with pytest.raises(HvdsApiError) as caught:
+        client_for(manager)[0].get_all("vpgs")
+    assert caught.value.msg == "hvds API GET /api/v1/vpgs?limit=1000: the pages of the list link back to one read already"

@@ -44,7 +44,7 @@ def test_a_tagged_checkpoint_is_taken_once(manager, run_module):
 def test_a_checkpoint_of_a_missing_vpg_fails(manager, run_module):
     result = run_module(checkpoint, dict(vpg="nope", tag="t"))
     assert result["failed"] is True
-    assert result["msg"] == "hvds API GET /api/v1/vpgs/nope/checkpoints: HTTP 404 not found: no VPG named nope"
+    assert result["msg"] == "hvds API GET /api/v1/vpgs/nope/checkpoints?limit=1000: HTTP 404 not found: no VPG named nope"
 
 
 def test_checkpoint_info_filters_by_tag(manager, run_module):

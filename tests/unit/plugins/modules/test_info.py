@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from ansible_collections.hvds.replication.plugins.module_utils import api
 from ansible_collections.hvds.replication.plugins.modules import (
     command_info,
     host_info,
@@ -53,4 +54,23 @@ def test_an_info_module_fails_clearly_with_a_viewer_limit(manager, run_module):
     manager.replies = [(401, {"detail": "token expired"}, {})]
     result = run_module(site_info, {})
     assert result["failed"] is True
-    assert result["msg"] == "hvds API GET /api/v1/peers: HTTP 401 not authenticated (missing or wrong token): token expired"
+    assert result["msg"] == "hvds API GET /api/v1/peers?limit=1000: HTTP 401 not authenticated (missing or wrong token): token expired"
+
+
+def test_protection_group_info_reads_every_page(manager, run_module, monkeypatch):
+    for number in range(250):
+        manager.vpgs["vpg-%03d" % number] = {"name": "vpg-%03d" % number, "state": "protected"}
+    monkeypatch.setattr(api.ApiClient, "page_size", 100)
+    result = run_module(protection_group_info, {})
+    assert len(result["protection_groups"]) == 250
+    assert result["protection_groups"][-1]["name"] == "vpg-249"
+    assert len(manager.requests) == 3
+
+
+def test_command_info_asks_the_manager_for_the_vpg_commands(manager, run_module):
+    manager.commands = [{"id": 2, "vpg": "crm", "kind": "failover_test_start", "status": "succeeded"},
+                        {"id": 1, "vpg": "erp", "kind": "initial_sync", "status": "succeeded"}]
+    result = run_module(command_info, dict(vpg="erp"))
+    assert [command["id"] for command in result["commands"]] == [1]
+    assert manager.requests[-1][1] == "/api/v1/commands?limit=1000&vpg=erp"
+    assert run_module(command_info, dict(kind="failover_test_start"))["commands"][0]["id"] == 2
