@@ -88,7 +88,8 @@ class Vpg(Base):
     # A failover test or live failover under way (at the target site): what the API reports.
     recovery: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     created_at: Mapped[datetime.datetime] = mapped_column(default=utcnow)
-    updated_at: Mapped[datetime.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    # When the settings last changed (site.save_vpg), not the watch's updates of state and RPO.
+    updated_at: Mapped[datetime.datetime] = mapped_column(default=utcnow)
 
 
 class VpgMember(Base):

@@ -169,6 +169,7 @@ class SiteManager:
         await self.validate(session, spec, existing)
         vpg = existing or Vpg(name=spec.name, spec={}, disk_ids={}, links=[])
         vpg.spec = spec.model_dump(mode="json")
+        vpg.updated_at = utcnow()
         self.allocate_disk_ids(vpg)
         session.add(vpg)
         session.execute(delete(VpgMember).where(VpgMember.vpg == vpg.name))
