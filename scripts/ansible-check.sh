@@ -64,7 +64,11 @@ sanity() {
 
 lint() {
   # In the built tree: it is the collection as installed, and ansible-lint writes .ansible/ there.
-  (cd "$tree" && ansible-lint --profile production --offline --nocolor)
+  # build/ on the collections path lets playbooks and roles name hvds.replication's roles and
+  # its module_defaults group; the default paths stay (the lab's collections are there).
+  (cd "$tree" &&
+    ANSIBLE_COLLECTIONS_PATH="$repo/build:$HOME/.ansible/collections:/usr/share/ansible/collections" \
+      ansible-lint --profile production --offline --nocolor)
 }
 
 galaxy() {
