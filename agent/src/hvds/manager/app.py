@@ -12,10 +12,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from hvds import __version__
 from hvds.manager.db import AuditEntry
+from hvds.manager.logbundle import RECENT
 from hvds.manager.metrics import ManagerCollector
 from hvds.manager.peer_client import PeerError
 from hvds.manager.recovery import SourceRecovery, TargetRecovery
-from hvds.manager.routes import commands, hosts, peers, recovery, site, vpgs
+from hvds.manager.routes import commands, hosts, logs, peers, recovery, site, vpgs
 from hvds.manager.site import ConflictError, InvalidError, SiteManager
 from hvds.manager.vdsa_client import VdsaError
 
@@ -41,7 +42,8 @@ def create_app(manager: SiteManager) -> FastAPI:
     app.state.store = manager.store
     app.state.source_recovery = source_recovery
     app.state.target_recovery = TargetRecovery(manager)
-    for module in (site, hosts, vpgs, recovery, commands, peers):
+    RECENT.attach()  # the log records a log bundle carries
+    for module in (site, hosts, vpgs, recovery, commands, logs, peers):
         app.include_router(module.router, prefix="/api/v1")
     registry = CollectorRegistry()
     registry.register(ManagerCollector(manager))
