@@ -46,6 +46,19 @@ if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
   echo "$want" > "$stamp"
 fi
 
+# promtool, which checks and unit-tests the Prometheus alert rules (deploy/prometheus), from
+# Debian's prometheus package without installing it (that would also start a Prometheus).
+if [[ ! -x "$venv/bin/promtool" ]]; then
+  echo "setup: extracting promtool from Debian's prometheus package"
+  download="$(mktemp -d)"
+  chmod 755 "$download"  # apt's download user writes there
+  (cd "$download" && { apt-get download -qq prometheus 2>/dev/null ||
+    { apt-get update -qq && apt-get download -qq prometheus; }; })
+  dpkg-deb --fsys-tarfile "$download"/prometheus_*.deb | tar -x -C "$download" ./usr/bin/promtool
+  install -m 0755 "$download/usr/bin/promtool" "$venv/bin/promtool"
+  rm -rf "$download"
+fi
+
 # Collections the roles and the lab use that ansible-core lacks: community.crypto (the
 # replication_link role's PKI) and containers.podman (the lab's connection). Galaxy is not
 # reachable here, so they come out of the pinned `ansible` package on PyPI, into the system's
