@@ -1,4 +1,4 @@
-"""Lists: served in pages, straight from the store (decision 0011).
+"""Lists: served in pages, straight from the store (decision 0014).
 
 A list comes in pages of ``limit`` items (100 by default, at most 1,000) from ``offset``; the
 answer says how many there are in all (``X-Total-Count``) and where the next page is

@@ -1,5 +1,5 @@
 """Log bundles: the manager's recent log and state, and every host's VDSA status, in one
-tar.gz for a support case, with secrets taken out (decision 0012).
+tar.gz for a support case, with secrets taken out (decision 0015).
 
 What a bundle holds:
 
