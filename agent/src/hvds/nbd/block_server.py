@@ -20,6 +20,11 @@ from hvds.nbd.server import ConnectionClosed, ExportInfo, ExportSelected, Reques
 
 log = logging.getLogger(__name__)
 
+# Requests (and bytes of write data) a client may have waiting for the backend before the
+# server stops reading its input.
+MAX_QUEUED = 64
+MAX_QUEUED_BYTES = 32 * 1024 * 1024
+
 
 class BlockBackend(Protocol):
     info: ExportInfo
@@ -53,6 +58,7 @@ class BackendClient(NbdProtocol):
         self._catalog = catalog
         self._backend: BlockBackend | None = None
         self._requests: asyncio.Queue[Request | None] = asyncio.Queue()
+        self._queued_bytes = 0
         self._worker: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -64,12 +70,20 @@ class BackendClient(NbdProtocol):
         if self._worker is not None:
             self._worker.cancel()
 
+    def _ready(self) -> bool:
+        return (
+            super()._ready()
+            and self._requests.qsize() < MAX_QUEUED
+            and self._queued_bytes < MAX_QUEUED_BYTES
+        )
+
     def _process(self) -> None:
         self._send(self._conn.data_to_send())
         for event in self._conn.events():
             if isinstance(event, ExportSelected):
                 self._backend = self._catalog.backends.get(event.export.name)
             elif isinstance(event, Request):
+                self._queued_bytes += len(event.payload or b"")
                 self._requests.put_nowait(event)
             elif isinstance(event, ConnectionClosed):
                 self._requests.put_nowait(None)  # close once the requests before are done
@@ -82,6 +96,8 @@ class BackendClient(NbdProtocol):
     async def _serve(self) -> None:
         while (request := await self._requests.get()) is not None:
             self._send(await self._answer(request))
+            self._queued_bytes -= len(request.payload or b"")
+            self._pump()  # requests held back while the queue was full may come in
         if self._transport is not None:
             self._transport.close()
 

@@ -9,6 +9,17 @@ malformed one gets the protocol's error reply without reaching it.
 Receiving follows asyncio's BufferedProtocol: ``get_buffer()`` hands out the memory the next
 bytes should land in and ``buffer_updated(n)`` says how many did. Large write payloads are read
 straight into their own buffer, so a 1 MiB write is copied once, from the kernel.
+
+Memory is bounded whatever a client sends. The connection holds a 256 KiB receive buffer, at
+most one write payload (``MAX_PAYLOAD``) and the events and replies of one *turn*: each
+``buffer_updated`` (or ``resume``) parses requests until they call for ``TURN_BYTES`` (the data
+of reads and writes, plus ``REQUEST_COST`` a request) and leaves the rest of the input
+unparsed: ``backlogged`` is then True, and the adapter should stop reading from the client,
+carry out the events, and call ``resume`` once the client has taken the replies (its transport
+is not paused for writing). A turn calls for at most ``max(TURN_BYTES, MAX_PAYLOAD +
+REQUEST_COST)`` bytes, plus the replies of one handshake option: without this, 256 KiB of
+pipelined 32 MiB READs would call for 300 GB of replies in one go. Bytes that arrive after the
+session is closed are dropped.
 """
 
 from __future__ import annotations
@@ -55,6 +66,10 @@ _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 
 _SCRATCH_SIZE = 256 * 1024
+# What one turn of parsing may call for (see the module's docstring).
+TURN_BYTES = 8 * 1024 * 1024
+# What a request (or option) counts for on top of its data: its event, its reply.
+REQUEST_COST = 1024
 # A payload with at least this much still to come is read straight into its own buffer.
 _DIRECT_READ_THRESHOLD = 64 * 1024
 
@@ -183,6 +198,8 @@ class ServerConnection:
     _export: ExportInfo | None = None
     _events: list[Event] = field(default_factory=list)
     _outgoing: list[bytes] = field(default_factory=list)
+    _turn: int = 0  # what this turn has called for so far
+    _held: bool = False  # the turn's budget is spent and input is left unparsed
 
     # -- state -----------------------------------------------------------------------------
 
@@ -197,6 +214,23 @@ class ServerConnection:
     @property
     def export(self) -> ExportInfo | None:
         return self._export
+
+    @property
+    def backlogged(self) -> bool:
+        """Input is left unparsed because this turn's budget is spent: stop reading, carry out
+        the events, then ``resume()``."""
+        return self._held
+
+    @property
+    def buffered_bytes(self) -> int:
+        """The memory this connection holds: receive buffer, write payload, replies not taken."""
+        held = len(self._scratch) + sum(len(out) for out in self._outgoing)
+        if self._payload is not None:
+            held += len(self._payload.buffer)
+        for event in self._events:
+            if isinstance(event, Request) and event.payload is not None:
+                held += len(event.payload)
+        return held
 
     def greeting(self) -> bytes:
         flags = HandshakeFlag.FIXED_NEWSTYLE | HandshakeFlag.NO_ZEROES
@@ -232,8 +266,13 @@ class ServerConnection:
             self._end += nbytes
         self._parse()
 
+    def resume(self) -> None:
+        """Parse the next turn of input left by a spent budget."""
+        self._parse()
+
     def receive_data(self, data: bytes) -> None:
-        """Feed bytes that arrived; a convenience over get_buffer/buffer_updated."""
+        """Feed bytes that arrived, every turn of them: a convenience over get_buffer and
+        buffer_updated with no flow control (the caller takes all the events at the end)."""
         view = memoryview(data)
         while view:
             buf = self.get_buffer(len(view))
@@ -241,6 +280,8 @@ class ServerConnection:
             buf[:n] = view[:n]
             view = view[n:]
             self.buffer_updated(n)
+            while self._held:
+                self.resume()
 
     def receive_eof(self) -> None:
         if self._phase is not _Phase.CLOSED:
@@ -259,11 +300,25 @@ class ServerConnection:
         return self._end - self._start
 
     def _parse(self) -> None:
+        # A write payload still to come is handed out in this turn: it counts here.
+        self._turn = len(self._payload.buffer) if self._payload is not None else 0
+        self._held = False
         try:
             while self._phase is not _Phase.CLOSED and self._step():
                 pass
         except ProtocolViolationError as exc:
             self._close(str(exc))
+        if self._phase is _Phase.CLOSED:
+            self._start = self._end = 0  # nothing more is parsed: drop what came after
+            self._held = False
+
+    def _spend(self, cost: int) -> bool:
+        """Count a unit of input against this turn; False (and held) if it must wait."""
+        if self._turn and self._turn + cost > TURN_BYTES:
+            self._held = True
+            return False
+        self._turn += cost
+        return True
 
     def _step(self) -> bool:
         """Consume one unit of input; False when more bytes are needed."""
@@ -333,9 +388,13 @@ class ServerConnection:
             return True
         if self._available() < _OPTION_HEADER.size + length:
             return False
+        if not self._spend(REQUEST_COST + length):
+            return False
         self._start += _OPTION_HEADER.size
         data = bytes(self._take(length))
+        queued = len(self._outgoing)
         self._handle_option(option, data)
+        self._turn += sum(len(out) for out in self._outgoing[queued:])
         return True
 
     def _option_reply(self, option: int, reply: OptionReply, data: bytes = b"") -> bytes:
@@ -484,6 +543,9 @@ class ServerConnection:
         )
         if magic != REQUEST_MAGIC:
             raise ProtocolViolationError(f"bad request magic {magic:#x}")
+        data = length if kind in _PLAIN_DATA and length <= MAX_PAYLOAD else 0
+        if not self._spend(REQUEST_COST + data):
+            return False
         self._start += _REQUEST.size
         error = self._validate(kind, flags, offset, length)
         if error is not None:

@@ -29,6 +29,8 @@ _FUA = int(CommandFlag.FUA)
 _NO_HOLE = int(CommandFlag.NO_HOLE)
 _FAST_ZERO = int(CommandFlag.FAST_ZERO)
 _REQ_ONE = int(CommandFlag.REQ_ONE)
+# Syncs (FLUSH, FUA) a client may have waiting before the tap stops reading its requests.
+MAX_SYNCS = 64
 
 
 def wire_errno(exc: OSError) -> int:
@@ -77,6 +79,9 @@ class NbdClient(NbdProtocol):
         self._outgoing.extend(conn.data_to_send())
         self._link.flush()  # the copies of this batch's writes, in one system call
         self._flush_outgoing()
+
+    def _ready(self) -> bool:
+        return super()._ready() and len(self._syncs) < MAX_SYNCS
 
     def _flush_outgoing(self) -> None:
         transport = self._transport
@@ -188,6 +193,7 @@ class NbdClient(NbdProtocol):
 
     def _after_sync(self, export: TapExport, request: Request, started: float) -> None:
         """Answer once the bitmap, then the disk, are on stable storage (FLUSH, FUA)."""
+        request.payload = None  # written: the sync need not keep it
 
         async def sync() -> None:
             errno_value = 0
@@ -209,7 +215,8 @@ class NbdClient(NbdProtocol):
 
     def _sync_finished(self, task: asyncio.Task[None]) -> None:
         self._syncs.discard(task)
-        self._flush_outgoing()  # a DISC that waited for this sync can now close
+        # A DISC that waited for this sync can now close; requests held back may go on.
+        self._pump()
 
     @staticmethod
     def _done(export: TapExport, command: Command, nbytes: int, started: float) -> None:
