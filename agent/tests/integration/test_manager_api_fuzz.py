@@ -28,7 +28,7 @@ CALLS_OUT = r"^/api/v1/(peers|vpgs|replicas)"
 PEER_ONLY = r"^/api/v1/(replicas|pairing|topology)($|/)"
 
 
-def fuzz_config(sites: TwoSites, token: str, command_id: int, reports: Path) -> dict[str, Any]:
+def fuzz_config(sites: TwoSites, token: str, ids: dict[str, int], reports: Path) -> dict[str, Any]:
     return {
         "seed": 20240611,
         "workers": 1,
@@ -42,7 +42,7 @@ def fuzz_config(sites: TwoSites, token: str, command_id: int, reports: Path) -> 
             "response_schema_conformance": {"enabled": True},
         },
         "reports": {"json": {"enabled": True, "path": str(reports / "run.json")}},
-        "parameters": {"path.command_id": command_id},
+        "parameters": {"path.command_id": ids["sync"]},
         "operations": [
             {
                 "include-path-regex": CALLS_OUT,
@@ -56,16 +56,21 @@ def fuzz_config(sites: TwoSites, token: str, command_id: int, reports: Path) -> 
                 "include-name-regex": r"^(GET|PUT) /api/v1/vpgs/\{name\}$|/vpgs/\{name\}/",
                 "parameters": {"path.name": "erp"},
             },
+            # A log collection, so that its bundle is there to download.
+            {
+                "include-name": "GET /api/v1/commands/{command_id}/bundle",
+                "parameters": {"path.command_id": ids["logs"]},
+            },
         ],
     }
 
 
 def run_schemathesis(
-    sites: TwoSites, token: str, command_id: int, root: Path, *filters: str
+    sites: TwoSites, token: str, ids: dict[str, int], root: Path, *filters: str
 ) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
     root.mkdir()
     config = root / "schemathesis.toml"
-    config.write_text(tomli_w.dumps(fuzz_config(sites, token, command_id, root)))
+    config.write_text(tomli_w.dumps(fuzz_config(sites, token, ids, root)))
     argv = [SCHEMATHESIS, "--config-file", str(config), "--no-color", "run", *filters]
     argv.append(f"{sites.manager_a.url}/openapi.json")
     done = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=240, cwd=root)
@@ -80,23 +85,25 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(
     sites.pair()
     a.ok("POST", "/vpgs", sites.admin_a, sites.vpg())
     (sync,) = a.ok("GET", "/commands?vpg=erp", sites.admin_a)
+    logs = a.wait_command(a.ok("POST", "/logs", sites.admin_a), sites.admin_a)
+    ids = {"sync": sync["id"], "logs": logs["id"]}
     peer = a.token("peer:site-b", "peer")
     # The deletions of the VPG and of the pairing go last: the stateful phase finds "erp" and
     # "site-b" in the lists and would delete them first, leaving the other operations 404s.
     deletions = ["DELETE /api/v1/vpgs/{name}", "DELETE /api/v1/peers/{name}"]
     runs = {
         "admin": run_schemathesis(
-            sites, sites.admin_a, sync["id"], tmp_path / "admin",
+            sites, sites.admin_a, ids, tmp_path / "admin",
             "--exclude-path-regex", PEER_ONLY,
             *(arg for name in deletions for arg in ("--exclude-name", name)),
         ),
         # What only a peer site may call, but DELETE /pairing: it ends the peer's token.
         "peer": run_schemathesis(
-            sites, peer, sync["id"], tmp_path / "peer",
+            sites, peer, ids, tmp_path / "peer",
             "--include-path-regex", PEER_ONLY, "--exclude-name", "DELETE /api/v1/pairing",
         ),
         "deletions": run_schemathesis(
-            sites, sites.admin_a, sync["id"], tmp_path / "deletions",
+            sites, sites.admin_a, ids, tmp_path / "deletions",
             *(arg for name in deletions for arg in ("--include-name", name)),
         ),
     }  # fmt: skip
