@@ -54,6 +54,16 @@ class CheckpointView:
         self._scratch = Disk(self.scratch_path)
         # Scratch blocks that hold the view's own data: the allocated ones.
         self._written: set[int] = set(self._allocated_blocks())
+        # Cleared while the journal behind the view is being reopened: requests wait.
+        self.gate: asyncio.Event | None = None
+
+    def rebind(self, read_at: ReadAt, lock: threading.Lock) -> None:
+        """Read from the same checkpoint of a reopened journal."""
+        self._read_at, self._lock = read_at, lock
+
+    async def _ready(self) -> None:
+        if self.gate is not None:
+            await self.gate.wait()
 
     def _allocated_blocks(self) -> list[int]:
         blocks: list[int] = []
@@ -70,6 +80,7 @@ class CheckpointView:
             return self._read_at(offset, length)
 
     async def read(self, offset: int, length: int) -> bytes:
+        await self._ready()
         return await asyncio.to_thread(self._read, offset, length)
 
     def _read(self, offset: int, length: int) -> bytes:
@@ -85,6 +96,7 @@ class CheckpointView:
         return bytes(out)
 
     async def write(self, offset: int, data: bytes | bytearray) -> None:
+        await self._ready()
         await asyncio.to_thread(self._write, offset, bytes(data))
 
     def _write(self, offset: int, data: bytes) -> None:

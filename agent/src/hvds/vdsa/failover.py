@@ -25,10 +25,10 @@ from typing import Any
 
 from hvds.disk import Disk
 from hvds.files import write_atomic
-from hvds.nbd.block_server import BackendCatalog
 from hvds.nbd.server import ExportInfo
 from hvds.recovery.view import CheckpointView
 from hvds.vdsa.target import TargetVpgState
+from hvds.vdsa.views import Binding, Views
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +45,8 @@ class FailoverRecord:
 
 class Failovers:
     def __init__(
-        self, root: Path, view_socket: Path, views: BackendCatalog,
-        targets: dict[str, TargetVpgState],
-    ) -> None:  # fmt: skip
+        self, root: Path, view_socket: Path, views: Views, targets: dict[str, TargetVpgState]
+    ) -> None:
         self._root = root
         self._view_socket = view_socket
         self._views = views
@@ -128,16 +127,16 @@ class Failovers:
         scratch = self._root / record.vpg
         scratch.mkdir(parents=True, exist_ok=True)
         for export, disk in record.exports.items():
-            if export in self._views.backends:
-                continue
+            if export in self._views.bindings:
+                continue  # served since before a restart of the roles
             state = self._targets[disk["label"]]
             checkpoint = next(c for c in state.checkpoints if c.time_ns == record.time_ns)
             info = ExportInfo(export, disk["size"], description=f"{disk['name']} failed over")
             read_at = partial(state.journal.read_at, checkpoint.id, disk["disk"])
-            self._views.backends[export] = CheckpointView(
+            view = CheckpointView(
                 info, read_at, state.journal_lock, scratch, scratch_name=f"{export}.scratch"
             )
-            state.views_open += 1
+            self._views.add(view, Binding(state.label, disk["disk"], checkpoint.id), state)
 
     def _answer(self, record: FailoverRecord) -> dict[str, Any]:
         disks = []
@@ -147,19 +146,11 @@ class Failovers:
         return {"vpg": record.vpg, "checkpoint": record.time_ns, "state": record.state,
                 "disks": disks}  # fmt: skip
 
-    def close(self) -> None:
-        """The VDSA stops: close the views, keeping their scratch for the next run."""
-        for record in self.records.values():
-            self._close_views(record, discard=False)
-
     def _close_views(self, record: FailoverRecord, discard: bool) -> int:
         written = 0
-        for export, disk in record.exports.items():
-            view = self._views.backends.pop(export, None)
-            if isinstance(view, CheckpointView):
-                written += view.written_bytes()
-                view.close(discard=discard)
-                self._targets[disk["label"]].views_open -= 1
+        for export in record.exports:
+            if export in self._views.bindings:
+                written += self._views.remove(export, discard=discard).written_bytes()
         return written
 
     def rollback(self, vpg: str) -> dict[str, Any]:
@@ -189,8 +180,7 @@ class Failovers:
         merged = 0
         for export, disk in record.exports.items():
             state = self._targets[disk["label"]]
-            view = self._views.backends[export]
-            assert isinstance(view, CheckpointView)
+            view = self._views.view(export)
             with state.journal_lock:
                 checkpoint = next(c for c in state.journal.checkpoints()
                                   if c.time_ns == record.time_ns)  # fmt: skip

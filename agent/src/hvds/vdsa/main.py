@@ -39,6 +39,7 @@ from hvds.vdsa.image_sink import ImageSink
 from hvds.vdsa.metrics import VdsaCollector
 from hvds.vdsa.receiver import serve_taps
 from hvds.vdsa.service import VdsaService, recovered_vms
+from hvds.vdsa.views import Views
 
 log = logging.getLogger("hvds.vdsa")
 
@@ -63,8 +64,9 @@ async def run_service(config: VdsaConfig) -> None:
     stopping = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stopping.set)
     loop.add_signal_handler(signal.SIGINT, stopping.set)
-    vms = recovered_vms(config)  # they run on across restarts of the roles
-    service = VdsaService(config, load_managed(config.vdsa.managed_config), vms)
+    vms = recovered_vms(config)  # they and their views run on across restarts of the roles
+    views = Views()
+    service = VdsaService(config, load_managed(config.vdsa.managed_config), vms, views)
     # Both read the service of the moment (late-bound): a reconfiguration replaces it.
     if config.vdsa.metrics is not None:
         REGISTRY.register(VdsaCollector(lambda: service))
@@ -83,12 +85,13 @@ async def run_service(config: VdsaConfig) -> None:
         await service.stop()
         if stopping.is_set():
             break
-        service = VdsaService(config, load_managed(config.vdsa.managed_config), vms)
+        service = VdsaService(config, load_managed(config.vdsa.managed_config), vms, views)
         await service.start()
         log.info("roles restarted with the manager's VPGs")
     if heartbeat is not None:
         heartbeat.cancel()
     await vms.stop_all()
+    views.close_all()
 
 
 def _parser() -> argparse.ArgumentParser:

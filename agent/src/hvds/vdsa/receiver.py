@@ -35,6 +35,8 @@ class Tap(Protocol):
 
     def resume_reading(self) -> None: ...
 
+    def close(self) -> None: ...
+
 
 class CopySession(Protocol):
     def take(self, frame: Frame) -> None: ...
@@ -107,6 +109,11 @@ class TapConnection(asyncio.BufferedProtocol):
     def resume_reading(self) -> None:
         if self._transport is not None:
             self._transport.resume_reading()
+
+    def close(self) -> None:
+        """The roles restart: the tap reconnects and resends what was not acknowledged."""
+        if self._transport is not None:
+            self._transport.close()
 
     def _take(self, frame: Frame) -> None:
         if frame.seq != self._expected_seq:

@@ -15,7 +15,6 @@ from typing import Any
 from hvds.analyzer.debugfs import DebugfsError
 from hvds.files import write_atomic
 from hvds.journal import Checkpoint, JournalError
-from hvds.nbd.block_server import BackendCatalog, serve_backends
 from hvds.nbd.server import ExportInfo
 from hvds.recovery.files import nbd_as_file, read_file
 from hvds.recovery.view import CheckpointView
@@ -30,6 +29,7 @@ from hvds.vdsa.source import VpgSource
 from hvds.vdsa.source_taps import SourceRouter
 from hvds.vdsa.tap_exports import TapExports
 from hvds.vdsa.target import TargetServer, TargetVpgState, journal_label, open_journal
+from hvds.vdsa.views import Binding, Views
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +63,12 @@ def managed_digest(managed: ManagedVpgs) -> str:
 
 class VdsaService:
     def __init__(
-        self, config: VdsaConfig, managed: ManagedVpgs | None = None, vms: Vms | None = None
-    ) -> None:
+        self, config: VdsaConfig, managed: ManagedVpgs | None = None, vms: Vms | None = None,
+        views: Views | None = None,
+    ) -> None:  # fmt: skip
         """``config`` is the file's; ``managed`` the VPGs the site manager pushed; ``vms`` the
-        recovered VMs, which outlive a restart of the roles."""
+        recovered VMs and ``views`` the disks they run on: both outlive a restart of the
+        roles."""
         self.base_config = config
         self.managed = managed or ManagedVpgs()
         self.config = config.with_managed(self.managed)
@@ -78,9 +80,8 @@ class VdsaService:
         self.failed: dict[str, str] = {}  # journals that could not be opened, and why
         self._servers: list[asyncio.Server] = []
         self._analyzers: dict[str, asyncio.Task[None]] = {}  # by journal label
-        self.views = BackendCatalog()  # point-in-time views being served, by export name
+        self.views = views or Views()
         self._view_numbers = itertools.count(1)
-        self._view_states: dict[str, TargetVpgState] = {}
         self.failovers: Failovers | None = None  # the target role's live failovers
         self.vms = vms or recovered_vms(config)
         self.tap_exports = TapExports(config.vdsa.tap_config)
@@ -116,6 +117,7 @@ class VdsaService:
                     state.snapshot()
                     self.targets[state.label] = state
                     self._analyzers[state.label] = asyncio.create_task(keep_analyzing(state))
+            self.views.bind(self.targets)
             failovers.resume()
             target = TargetServer(self.targets, self.failed, failovers.refused)
             server = await asyncio.start_server(
@@ -127,6 +129,8 @@ class VdsaService:
             )
             self._servers.append(server)
             log.info("target role: listening on %s:%d", settings.listen.host, settings.listen.port)
+        else:
+            self.views.bind({})
         if config.source_vpg:
             assert config.tls is not None and settings.tap_socket is not None
             tls = client_context(config.tls)
@@ -138,8 +142,8 @@ class VdsaService:
                 source.start()
             self._servers.append(await serve_taps(router, str(settings.tap_socket)))
             log.info("source role: taps connect to %s", settings.tap_socket)
-        if settings.view_socket is not None and self.targets:
-            self._servers.append(await serve_backends(self.views, settings.view_socket))
+        if settings.view_socket is not None:
+            await self.views.serve(settings.view_socket)
         if settings.control_socket is not None:
             handlers: dict[str, Handler] = {
                 "checkpoint": self._checkpoint,
@@ -170,10 +174,9 @@ class VdsaService:
             server.close()
         for task in self._analyzers.values():
             task.cancel()
-        if self.failovers is not None:
-            self.failovers.close()
-        for name in list(self._view_states):
-            self._view_close({"export": name})
+        self.views.unbind()  # the views stay served; their requests wait for the next roles
+        if self.router is not None:
+            self.router.close_all()  # the taps reconnect to the next roles, and resync
         for source in self.sources:
             await source.stop()
         for state in self.targets.values():
@@ -241,19 +244,18 @@ class VdsaService:
         scratch = settings.journal_dir / "scratch"
         scratch.mkdir(parents=True, exist_ok=True)
         read_at = partial(state.journal.read_at, checkpoint.id, disk.disk)
-        self.views.backends[export] = CheckpointView(info, read_at, state.journal_lock, scratch)
-        self._view_states[export] = state
-        state.views_open += 1
+        view = CheckpointView(info, read_at, state.journal_lock, scratch)
+        self.views.add(view, Binding(state.label, disk.disk, checkpoint.id), state)
         log.info("view %s opened", export)
         uri = f"nbd+unix:///{export}?socket={settings.view_socket}"
         return {"export": export, "uri": uri, "checkpoint": checkpoint.id}
 
     def _view_close(self, request: dict[str, Any]) -> dict[str, Any]:
-        backend = self.views.backends.pop(str(request["export"]))
-        assert isinstance(backend, CheckpointView)
-        backend.close()
-        self._view_states.pop(backend.info.name).views_open -= 1
-        log.info("view %s closed, its scratch data discarded", backend.info.name)
+        export = str(request["export"])
+        if export.endswith(".failover"):
+            raise ValueError(f"{export} belongs to a failover: roll it back or commit it")
+        self.views.remove(export)
+        log.info("view %s closed, its scratch data discarded", export)
         return {}
 
     def _configure(self, request: dict[str, Any]) -> dict[str, Any]:

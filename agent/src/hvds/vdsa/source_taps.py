@@ -49,6 +49,10 @@ class SourceRouter:
                 taps.append((session, exports))
         return taps
 
+    def close_all(self) -> None:
+        for session in list(self._sessions):
+            session.close_tap()
+
     def dispatch_full_sync(self) -> None:
         for session in list(self._sessions):
             session.ask_full_sync()
@@ -122,6 +126,9 @@ class SourceTapSession(CopySession):
 
     def release(self, cut: int) -> None:
         self._tap.release(cut)
+
+    def close_tap(self) -> None:
+        self._tap.close()
 
     def ask_full_sync(self) -> None:
         """Ask this tap for a full sync of its disks whose VPG wants one."""
