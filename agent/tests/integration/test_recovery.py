@@ -459,3 +459,50 @@ def test_disaster_failover_from_the_recovery_site_and_the_old_site_comes_back_fe
     vpg = sites.api("GET", "/vpgs/erp")
     assert vpg["state"] == "failed_over"
     assert hashes(sites.sources()) == hashes(expected)  # nothing written on the old side
+
+
+def test_a_view_in_use_survives_the_recovery_host_taking_another_vpg(
+    sites: RecoverySites, tmp_path: Path
+) -> None:
+    vm1 = sites.tap.uri("vm1-disk0")
+    qemu_io(vm1, "write -P 0x11 0 2M")
+    erp = sites.vpg(vms=[{"name": "vm1", "host": "a1", "disks": [{"export": "vm1-disk0"}]}])
+    sites.pair()
+    sites.api("POST", "/vpgs", erp)
+    sites.wait_state("erp", "protected")
+    sites.checkpoint("c1")
+    at_c1 = sha256_file(sites.disk)
+    view = sites.command("POST", "/vpgs/erp/failover-test", {"tag": "c1"})["result"]["views"][0]
+    qemu_io(view["uri"], "write -P 0x99 0 64k")  # the test VM writes
+    # A client connected all along (as a VM is): it reads before and after the restart.
+    flag = tmp_path / "go-on"
+    script = (
+        "import hashlib, os, time\n"
+        "before = hashlib.sha256(h.pread(1 << 20, 0)).hexdigest()\n"
+        f"while not os.path.exists({str(flag)!r}): time.sleep(0.05)\n"
+        "after = hashlib.sha256(h.pread(1 << 20, 0)).hexdigest()\n"
+        "print(before, after)\n"
+    )
+    connected = subprocess.Popen(["nbdsh", "-u", view["uri"], "-c", script],
+                                 env={"PATH": "/usr/bin:/bin"}, stdout=subprocess.PIPE,
+                                 text=True)  # fmt: skip
+
+    # Meanwhile another VPG comes to the same recovery host: its VDSA restarts its roles.
+    log = sites.vdsa_b.root / "vdsa.log"
+    restarts = log.read_text().count("roles restarted")
+    other = sites.vpg(name="crm", vms=[{"name": "vm2", "host": "a1",
+                                        "disks": [{"export": "vm2-disk0"}]}])  # fmt: skip
+    sites.api("POST", "/vpgs", other)
+    sites.wait_state("crm", "protected")
+    assert log.read_text().count("roles restarted") > restarts
+    flag.touch()
+    out, _ = connected.communicate(timeout=60)
+    before, after = out.split()
+    assert before == after  # the same data through the same connection, across the restart
+    copy = tmp_path / "view.raw"
+    subprocess.run(["nbdcopy", view["uri"], str(copy)], check=True)  # same connection URI
+    expected = tmp_path / "expected.raw"
+    shutil.copyfile(sites.disk, expected)
+    qemu_io(expected, "write -P 0x99 0 64k")
+    assert sha256_file(copy) == sha256_file(expected) != at_c1  # its writes and the checkpoint
+    sites.command("DELETE", "/vpgs/erp/failover-test")
