@@ -37,3 +37,14 @@ def client_context(files: TlsFiles) -> ssl.SSLContext:
     context = _context(ssl.Purpose.SERVER_AUTH, files)
     context.check_hostname = True
     return context
+
+
+def certificate_name(peercert: object) -> str:
+    """The common name in a peer certificate as ssl.SSLSocket.getpeercert() returns it."""
+    if not isinstance(peercert, dict):
+        return ""
+    for rdn in peercert.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return ""

@@ -53,9 +53,18 @@ class ManagerSettings(StrictModel):
         return self.database_url or f"sqlite:///{self.state_dir / 'manager.db'}"
 
 
+class VdsaTls(StrictModel):
+    """The manager's certificate towards its hosts' VDSAs (their control_listen)."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
 class ManagerConfig(StrictModel):
     manager: ManagerSettings
     tls: ApiTls | None = None
+    vdsa_tls: VdsaTls | None = None
 
 
 def load_config(path: Path) -> ManagerConfig:

@@ -25,6 +25,7 @@ from hvds.manager.peer_client import call_peer
 from hvds.manager.planner import disk_key, host_plan, source_hosts
 from hvds.manager.schemas import CheckpointOut, ReplicaDisk, ReplicaIn, VpgSpec
 from hvds.manager.vdsa_client import VdsaError, ask
+from hvds.tls import client_context
 from hvds.vdsa.service import managed_digest
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,8 @@ class SiteManager:
         self._pushing: dict[str, asyncio.Task[None]] = {}
         self._watch: asyncio.Task[None] | None = None
         self._barrier_due: dict[str, float] = {}
+        files = config.vdsa_tls
+        self._vdsa_tls = client_context(files) if files is not None else None
 
     async def start(self) -> None:
         self.commands.interrupted_by_restart()
@@ -112,7 +115,8 @@ class SiteManager:
                 raise VdsaError(f"host {host_name} has never sent a heartbeat")
             plan = host_plan(session, host_name)
             control = host.control_url
-        answer = await ask(control, {"op": "configure", **plan.model_dump(mode="json")})
+        message = {"op": "configure", **plan.model_dump(mode="json")}
+        answer = await ask(control, message, self._vdsa_tls)
         return bool(answer.get("changed"))
 
     async def control(self, host_name: str, message: dict[str, Any]) -> dict[str, Any]:
@@ -121,7 +125,7 @@ class SiteManager:
             if host is None:
                 raise VdsaError(f"no host {host_name} at site {self.name}")
             control = host.control_url
-        return await ask(control, message)
+        return await ask(control, message, self._vdsa_tls)
 
     # -- VPGs (source side) -----------------------------------------------------------------
 

@@ -33,7 +33,7 @@ async def _connect(
                 return await asyncio.open_connection(
                     where.hostname, where.port, ssl=tls, limit=1 << 24
                 )
-            raise VdsaError(f"cannot reach a VDSA at {control_url!r}")
+            raise VdsaError(f"cannot reach a VDSA at {control_url!r} (tls:// needs [vdsa_tls])")
         except (ConnectionRefusedError, FileNotFoundError):
             if asyncio.get_running_loop().time() >= deadline:
                 raise

@@ -139,6 +139,10 @@ class VdsaSettings(StrictModel):
     metrics: HostPort | None = None
     # Local commands (checkpoint, status) as JSON lines; the site manager drives it.
     control_socket: Path | None = None
+    # The same over TCP with mutual TLS, for a site manager on another machine; only clients
+    # whose certificate names one of control_clients are served.
+    control_listen: HostPort | None = None
+    control_clients: list[str] = Field(default_factory=list)
     # Where point-in-time views of replicated disks are served over NBD (target role).
     view_socket: Path | None = None
     # The VPGs the site manager pushed (`configure`), kept here (JSON) across restarts.
@@ -150,7 +154,7 @@ class VdsaSettings(StrictModel):
     # The recovery scripts a VPG may name (pre_script, post_script); none may run without it.
     scripts_dir: Path | None = None
 
-    @field_validator("listen", "metrics", mode="before")
+    @field_validator("listen", "metrics", "control_listen", mode="before")
     @classmethod
     def _host_port(cls, value: object) -> object:
         return HostPort.coerce(value)
@@ -186,6 +190,12 @@ class VdsaConfig(StrictModel):
             raise ValueError("target_vpg needs vdsa.listen and vdsa.journal_dir")
         if (self.source_vpg or self.target_vpg) and self.tls is None:
             raise ValueError("replication needs [tls]: VDSAs only talk over mutual TLS")
+        if self.vdsa.control_listen is not None:
+            if self.tls is None or not self.vdsa.control_clients:
+                raise ValueError("control_listen needs [tls] and control_clients (managers)")
+            if self.manager is not None and not self.manager.control_url:
+                raise ValueError("with control_listen, say how the manager reaches it: "
+                                 "manager.control_url = \"tls://HOST:PORT\"")  # fmt: skip
         for role in (self.source_vpg, self.target_vpg):
             names = [v.name for v in role]
             if len(set(names)) != len(names):

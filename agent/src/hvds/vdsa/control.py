@@ -15,9 +15,12 @@ import json
 import logging
 import os
 import socket
+import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+
+from hvds.tls import certificate_name
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +28,15 @@ Handler = Callable[[dict[str, Any]], dict[str, Any] | Awaitable[dict[str, Any]]]
 MAX_REQUEST_BYTES = 64 * 1024
 
 
-async def serve_control(path: Path, handlers: dict[str, Handler]) -> asyncio.Server:
+def _serving(
+    handlers: dict[str, Handler], allowed: Callable[[asyncio.StreamWriter], str | None]
+) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
     async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        refusal = allowed(writer)
+        if refusal is not None:
+            log.warning("control client refused: %s", refusal)
+            writer.close()
+            return
         try:
             while line := await reader.readline():
                 writer.write(json.dumps(await _answer(line, handlers)).encode() + b"\n")
@@ -36,11 +46,32 @@ async def serve_control(path: Path, handlers: dict[str, Handler]) -> asyncio.Ser
         finally:
             writer.close()
 
+    return client
+
+
+async def serve_control(path: Path, handlers: dict[str, Handler]) -> asyncio.Server:
+    """On a unix socket: whoever may open it (root and its group) may ask."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.unlink(missing_ok=True)
+    client = _serving(handlers, lambda _writer: None)
     server = await asyncio.start_unix_server(client, str(path), limit=MAX_REQUEST_BYTES)
     os.chmod(path, 0o660)
     return server
+
+
+async def serve_control_tls(
+    host: str, port: int, context: ssl.SSLContext, clients: list[str],
+    handlers: dict[str, Handler],
+) -> asyncio.Server:  # fmt: skip
+    """Over TCP for a site manager on another machine: mutual TLS, and the client's certificate
+    must name one of ``clients`` (the site's managers), not just any VDSA of the deployment."""
+
+    def allowed(writer: asyncio.StreamWriter) -> str | None:
+        name = certificate_name(writer.get_extra_info("peercert"))
+        return None if name in clients else f"certificate {name!r} is not a manager's"
+
+    client = _serving(handlers, allowed)
+    return await asyncio.start_server(client, host, port, ssl=context, limit=MAX_REQUEST_BYTES)
 
 
 async def _answer(line: bytes, handlers: dict[str, Handler]) -> dict[str, Any]:

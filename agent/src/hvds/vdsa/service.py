@@ -22,7 +22,7 @@ from hvds.recovery.vm import VmBoot, Vms, run_script
 from hvds.tls import client_context, server_context
 from hvds.vdsa.analysis import keep_analyzing, summary
 from hvds.vdsa.config import ManagedVpgs, VdsaConfig
-from hvds.vdsa.control import Handler, serve_control
+from hvds.vdsa.control import Handler, serve_control, serve_control_tls
 from hvds.vdsa.failover import Failovers
 from hvds.vdsa.receiver import serve_taps
 from hvds.vdsa.source import VpgSource
@@ -144,30 +144,36 @@ class VdsaService:
             log.info("source role: taps connect to %s", settings.tap_socket)
         if settings.view_socket is not None:
             await self.views.serve(settings.view_socket)
+        handlers: dict[str, Handler] = {
+            "checkpoint": self._checkpoint,
+            "checkpoints": self._checkpoints,
+            "hold": self._hold,
+            "analysis": self._analysis,
+            "view_open": self._view_open,
+            "view_close": self._view_close,
+            "release": self._release,
+            "status": self.status,
+            "configure": self._configure,
+            "failover": self._failover,
+            "failover_rollback": self._failover_rollback,
+            "failover_commit": self._failover_commit,
+            "vm_start": self._vm_start,
+            "restore_disk": self._restore_disk,
+            "run_script": self._run_script,
+            "file_read": self._file_read,
+            "tap_detach": self._tap_detach,
+            "tap_publish": self._tap_publish,
+            "vm_status": lambda request: self.vms.status(str(request["name"])),
+            "vm_stop": lambda request: self.vms.stop(str(request["name"])),
+        }
         if settings.control_socket is not None:
-            handlers: dict[str, Handler] = {
-                "checkpoint": self._checkpoint,
-                "checkpoints": self._checkpoints,
-                "hold": self._hold,
-                "analysis": self._analysis,
-                "view_open": self._view_open,
-                "view_close": self._view_close,
-                "release": self._release,
-                "status": self.status,
-                "configure": self._configure,
-                "failover": self._failover,
-                "failover_rollback": self._failover_rollback,
-                "failover_commit": self._failover_commit,
-                "vm_start": self._vm_start,
-                "restore_disk": self._restore_disk,
-                "run_script": self._run_script,
-                "file_read": self._file_read,
-                "tap_detach": self._tap_detach,
-                "tap_publish": self._tap_publish,
-                "vm_status": lambda request: self.vms.status(str(request["name"])),
-                "vm_stop": lambda request: self.vms.stop(str(request["name"])),
-            }
             self._servers.append(await serve_control(settings.control_socket, handlers))
+        if settings.control_listen is not None:
+            assert config.tls is not None
+            self._servers.append(await serve_control_tls(
+                settings.control_listen.host, settings.control_listen.port,
+                server_context(config.tls), settings.control_clients, handlers,
+            ))  # fmt: skip
 
     async def stop(self) -> None:
         for server in self._servers:

@@ -42,6 +42,7 @@ from hvds.replication.wire import (
     json_frame,
     parse_json,
 )
+from hvds.tls import certificate_name
 from hvds.vdsa.config import TargetVpg
 
 log = logging.getLogger(__name__)
@@ -162,7 +163,7 @@ class TargetServer:
             raise ReplicationProtocolError(f"expected HELLO, got {hello.type.name}")
         info = parse_json(hello.payload)
         name, source = str(info.get("vpg")), str(info.get("source"))
-        certified = _certificate_name(writer.get_extra_info("peercert"))
+        certified = certificate_name(writer.get_extra_info("peercert"))
         if source != certified:
             # A VDSA speaks for itself only: its HELLO must name the host its certificate names.
             raise ReplicationProtocolError(
@@ -263,17 +264,6 @@ def _data_blocks(disk: Disk, block_size: int) -> Iterator[int]:
         block = data_at // block_size
         yield block
         offset = (block + 1) * block_size
-
-
-def _certificate_name(peercert: object) -> str:
-    """The common name in a peer certificate as ssl.SSLSocket.getpeercert() returns it."""
-    if not isinstance(peercert, dict):
-        return ""
-    for rdn in peercert.get("subject", ()):
-        for key, value in rdn:
-            if key == "commonName":
-                return str(value)
-    return ""
 
 
 class BatchApplier:
