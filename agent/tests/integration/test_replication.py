@@ -554,3 +554,20 @@ def test_a_corrupt_journal_is_refused_clearly_and_the_mirror_kept(sites: Sites) 
         what="the source to be told",
     )
     assert sha256_file(mirror) == kept  # the mirror is left as it was
+
+
+def test_a_checkpoint_label_the_journal_cannot_keep_is_refused_at_the_source(
+    sites: Sites,
+) -> None:
+    sites.protect({"vm1-disk0": 8 * MiB})
+    sites.start()
+    from hvds.vdsa.control import request  # noqa: PLC0415
+
+    answer = request(sites.vdsa_a.control_socket,
+                     {"op": "checkpoint", "vpg": "vpg1", "description": "x" * 2000})  # fmt: skip
+    assert not answer["ok"] and "longer than 1024 bytes" in answer["error"]
+    qemu_io(sites.host_a.uri("vm1-disk0"), "write -P 0x5 0 1M")
+    sites.tagged_checkpoint("still-replicating")  # the VPG was not stopped by it
+    assert sha256_file(sites.vdsa_b.mirror("vm1-disk0")) == sha256_file(
+        sites.host_a.exports["vm1-disk0"]
+    )

@@ -15,6 +15,7 @@ from typing import Any
 from hvds.analyzer.debugfs import DebugfsError
 from hvds.files import write_atomic
 from hvds.journal import Checkpoint, JournalError
+from hvds.journal.records import MAX_TEXT
 from hvds.nbd.server import ExportInfo
 from hvds.recovery.files import nbd_as_file, read_file
 from hvds.recovery.view import CheckpointView
@@ -32,6 +33,16 @@ from hvds.vdsa.target import TargetServer, TargetVpgState, journal_label, open_j
 from hvds.vdsa.views import Binding, Views
 
 log = logging.getLogger(__name__)
+
+
+def _label(request: dict[str, Any]) -> tuple[str, str]:
+    """A checkpoint's tag and description, refused here if the target's journal could not
+    keep them: once in the stream, such a checkpoint would stop the VPG's replication."""
+    tag, description = str(request.get("tag", "")), str(request.get("description", ""))
+    for what, text in (("tag", tag), ("description", description)):
+        if len(text.encode()) > MAX_TEXT:
+            raise ValueError(f"the {what} is longer than {MAX_TEXT} bytes")
+    return tag, description
 
 
 def _find_checkpoint(checkpoints: list[Checkpoint], request: dict[str, Any]) -> Checkpoint:
@@ -193,7 +204,8 @@ class VdsaService:
 
     def _checkpoint(self, request: dict[str, Any]) -> dict[str, Any]:
         source = self._source(request)
-        taken = source.checkpoint(str(request.get("tag", "")), str(request.get("description", "")))
+        tag, description = _label(request)
+        taken = source.checkpoint(tag, description)
         return {"taken": taken, "consistent": source.consistent}
 
     def _checkpoints(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -399,9 +411,7 @@ class VdsaService:
         """Phase one of a coordinated checkpoint: hold the VPG's writes here, cut the stream."""
         source = self._source(request)
         cut = int(request["cut"])
-        taken = await source.hold(
-            cut, str(request.get("tag", "")), str(request.get("description", ""))
-        )
+        taken = await source.hold(cut, *_label(request))
         return {"taken": taken}
 
     def _release(self, request: dict[str, Any]) -> dict[str, Any]:
