@@ -13,7 +13,7 @@ apt_packages=(
   python3 python3-venv python3-dev gcc make
   qemu-utils qemu-system-x86 nbdkit libnbd-bin python3-libnbd fio
   busybox-static e2fsprogs util-linux procps iproute2 cpio curl
-  fdisk xfsprogs ntfs-3g dosfstools btrfs-progs lvm2 jq fuse3
+  fdisk xfsprogs ntfs-3g dosfstools btrfs-progs lvm2 jq fuse3 postgresql
 )
 # The lab (lab/, make lab-demo): systemd containers under rootful podman; runc, not crun (see
 # lab/containers.conf); debootstrap builds the image, as no registry is reachable.
