@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -79,6 +79,37 @@ def watchdog(seconds: float = HANG_SECONDS) -> Iterator[None]:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+class Chooser(Protocol):
+    """Where a generator's choices come from: a seeded random source or hypothesis."""
+
+    def chance(self, p: float) -> bool: ...
+
+    def integer(self, low: int, high: int) -> int: ...
+
+    def pick(self, options: Sequence[T]) -> T: ...
+
+    def blob(self, max_size: int) -> bytes: ...
+
+
+class RandomChooser:
+    """Choices from a seeded random source: fast, for the long runs."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+
+    def chance(self, p: float) -> bool:
+        return self.rng.random() < p
+
+    def integer(self, low: int, high: int) -> int:
+        return self.rng.randint(low, high)
+
+    def pick(self, options: Sequence[T]) -> T:
+        return options[self.rng.randrange(len(options))]
+
+    def blob(self, max_size: int) -> bytes:
+        return self.rng.randbytes(self.rng.randint(0, max_size))
 
 
 class DrawChooser:

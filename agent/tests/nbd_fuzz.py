@@ -27,7 +27,8 @@ import random
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+
+from fuzzing import Chooser, RandomChooser
 
 from hvds.nbd import server as core
 from hvds.nbd.constants import (
@@ -52,8 +53,6 @@ from hvds.nbd.server import (
     Request,
     ServerConnection,
 )
-
-T = TypeVar("T")
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -123,35 +122,6 @@ def request(command: int, flags: int, handle: int, offset: int, length: int) -> 
 
 
 # -- the generator -----------------------------------------------------------------------------
-
-
-class Chooser(Protocol):
-    """Where the generator's choices come from."""
-
-    def chance(self, p: float) -> bool: ...
-
-    def integer(self, low: int, high: int) -> int: ...
-
-    def pick(self, options: Sequence[T]) -> T: ...
-
-    def blob(self, max_size: int) -> bytes: ...
-
-
-class RandomChooser:
-    def __init__(self, rng: random.Random) -> None:
-        self.rng = rng
-
-    def chance(self, p: float) -> bool:
-        return self.rng.random() < p
-
-    def integer(self, low: int, high: int) -> int:
-        return self.rng.randint(low, high)
-
-    def pick(self, options: Sequence[T]) -> T:
-        return options[self.rng.randrange(len(options))]
-
-    def blob(self, max_size: int) -> bytes:
-        return self.rng.randbytes(self.rng.randint(0, max_size))
 
 
 NAMES = (b"disk0", b"ro", b"huge", b"", b"nope", b"\xff\xfe", b"disk0\x00", b"x" * 300)

@@ -99,6 +99,16 @@ class SnapshotCheckpoint:
 
 
 @dataclass(frozen=True, slots=True)
+class SnapshotSegment:
+    """An earlier segment still needed when a snapshot was written, and what it holds: so that
+    recovery can tell a segment that is missing from one that was deleted as no longer needed."""
+
+    number: int
+    redo: tuple[tuple[int, int, int], ...]  # (epoch, lowest seq, highest seq)
+    undo: tuple[tuple[int, int], ...]  # (interval, attempt)
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """The journal's metadata when a segment was started; JSON payload (small, rare)."""
 
@@ -112,6 +122,7 @@ class Snapshot:
     rollback_to: int | None
     checkpoints: tuple[SnapshotCheckpoint, ...]
     disks: tuple[tuple[int, int], ...]  # (id, size)
+    segments: tuple[SnapshotSegment, ...] = ()  # absent in journals written before it
 
     def encode(self) -> tuple[int, int, bytes]:
         return RecordType.SNAPSHOT, 0, _encode_snapshot(self)
@@ -396,6 +407,9 @@ def _encode_snapshot(snap: Snapshot) -> bytes:
             for c in snap.checkpoints
         ],
         "disks": [list(d) for d in snap.disks],
+        "segments": [
+            [s.number, [list(r) for r in s.redo], [list(u) for u in s.undo]] for s in snap.segments
+        ],
     }
     return json.dumps(doc, separators=(",", ":")).encode()
 
@@ -418,6 +432,14 @@ def _decode_snapshot(payload: bytes) -> Snapshot:
             for a, b, c, d, e, f, g, h in doc["checkpoints"]
         ),
         disks=tuple((int(i), int(s)) for i, s in doc["disks"]),
+        segments=tuple(
+            SnapshotSegment(
+                int(n),
+                tuple((int(e), int(lo), int(hi)) for e, lo, hi in redo),
+                tuple((int(i), int(a)) for i, a in undo),
+            )
+            for n, redo, undo in doc.get("segments", [])
+        ),
     )
 
 

@@ -28,6 +28,7 @@ from hvds.journal.segments import (
     classify_damage,
     fsync_directory,
     list_segments,
+    segment_path,
     truncate_file,
 )
 from hvds.journal.state import JournalState, StateError
@@ -60,6 +61,9 @@ def recover(directory: Path, store: SegmentStore, state: JournalState) -> Journa
         sizes[number] = scan.end
         bases[number] = base
         report.segments += 1
+    for number, held in sorted(state.missing(set(sizes)).items()):
+        # Reclaimed segments go only once a durable record made them unneeded: this one is lost.
+        raise JournalCorrupt(segment_path(directory, number), 0, f"segment missing; it held {held}")
     if sizes:
         store.adopt(sizes, bases)
     return report

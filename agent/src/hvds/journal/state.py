@@ -20,6 +20,7 @@ from hvds.journal.records import (
     RollbackDone,
     Snapshot,
     SnapshotCheckpoint,
+    SnapshotSegment,
     SyncMark,
     Undo,
     UndoBegin,
@@ -80,6 +81,8 @@ class JournalState:
         self._by_id: dict[int, CheckpointState] = {}  # replay looks one up per UNDO record
         self.disks: dict[int, int] = {}
         self.segments: dict[int, SegmentSummary] = {}
+        # The earlier segments the last snapshot replayed said were needed (see missing()).
+        self.listed: dict[int, SegmentSummary] = {}
         self.undo = UndoIndex(block_size)
 
     # --- queries --------------------------------------------------------------------------
@@ -124,13 +127,27 @@ class JournalState:
     def live_segments(self) -> set[int]:
         """Segments holding a record still needed; any other can be deleted (every segment's
         metadata is repeated in the snapshot that starts the next one)."""
-        needed = set(self.needed_undo().items())
-        live = set()
-        for number, summary in self.segments.items():
-            redo = summary.redo.get(self.epoch)
-            if (redo is not None and redo[1] > self.applied_seq) or summary.undo & needed:
-                live.add(number)
-        return live
+        return {n for n, summary in self.segments.items() if self._needs(summary)}
+
+    def _needs(self, summary: SegmentSummary) -> str:
+        """What of a segment's records is still needed ("" if nothing)."""
+        redo = summary.redo.get(self.epoch)
+        if redo is not None and redo[1] > self.applied_seq:
+            return f"redo up to seq {redo[1]} not yet on the mirrors"
+        intervals = sorted(i for i, a in summary.undo & set(self.needed_undo().items()))
+        if intervals:
+            return f"the undo of checkpoint {', '.join(map(str, intervals))}"
+        return ""
+
+    def missing(self, present: set[int]) -> dict[int, str]:
+        """Segments the last snapshot listed as needed that are not ``present`` and are still
+        needed now that every record was replayed (a segment the journal deleted had become
+        unneeded by a durable record first): segment -> what it held."""
+        found = {}
+        for number, summary in self.listed.items():
+            if number not in present and (need := self._needs(summary)):
+                found[number] = need
+        return found
 
     def snapshot(self, segment: int) -> Snapshot:
         return Snapshot(
@@ -156,6 +173,15 @@ class JournalState:
                 for c in self.checkpoints
             ),
             disks=tuple(sorted(self.disks.items())),
+            segments=tuple(
+                SnapshotSegment(
+                    number,
+                    tuple((e, lo, hi) for e, (lo, hi) in sorted(summary.redo.items())),
+                    tuple(sorted(summary.undo)),
+                )
+                for number, summary in sorted(self.segments.items())
+                if number < segment and self._needs(summary)
+            ),
         )
 
     # --- changes not in the log -------------------------------------------------------------
@@ -265,5 +291,9 @@ class JournalState:
             ]
         )
         self.disks = dict(snap.disks)
+        self.listed = {
+            s.number: SegmentSummary({e: (lo, hi) for e, lo, hi in s.redo}, set(s.undo))
+            for s in snap.segments
+        }
         # Undo records before a reclaimed gap may belong to intervals given up since.
         self.undo.retain({c.id: c.attempt for c in self.checkpoints})

@@ -81,9 +81,15 @@ class Entry:
     body: bytes | bytearray = b""  # data (WRITE), hash (REF), JSON (CHECKPOINT)
 
     def checkpoint_info(self) -> dict[str, Any]:
-        info = json.loads(self.body)
-        if not isinstance(info, dict):
-            raise ReplicationProtocolError("checkpoint entry is not a JSON object")
+        """The checkpoint's JSON: ``time_ns`` an integer of 64 bits, ``tag`` and
+        ``description`` strings when present; anything else is a protocol error."""
+        info = parse_json(self.body)
+        when = info.get("time_ns")
+        if type(when) is not int or not 0 <= when < 1 << 64:
+            raise ReplicationProtocolError(f"checkpoint time {when!r} is not a time in ns")
+        for key in ("tag", "description"):
+            if not isinstance(info.get(key, ""), str):
+                raise ReplicationProtocolError(f"checkpoint {key} is not a string")
         return info
 
 
@@ -176,6 +182,13 @@ class BatchCodec:
         payload = received.payload
         if received.flags & FrameFlag.COMPRESSED:
             try:
+                # max_output_size binds only a frame that does not declare its size: one that
+                # declares more than a batch may hold is refused before anything is allocated.
+                declared = zstandard.get_frame_parameters(payload).content_size
+                if declared != zstandard.CONTENTSIZE_UNKNOWN and declared > MAX_FRAME_PAYLOAD:
+                    raise ReplicationProtocolError(
+                        f"batch does not decompress: it declares {declared} bytes"
+                    )
                 payload = self._decompressor.decompress(payload, max_output_size=MAX_FRAME_PAYLOAD)
             except zstandard.ZstdError as exc:
                 raise ReplicationProtocolError(f"batch does not decompress: {exc}") from None
