@@ -5,7 +5,7 @@ VENV ?= $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: setup test unit integration lint demo bench ansible-check ansible-units ansible-integration
+.PHONY: setup test unit integration lint demo bench fuzz ansible-check ansible-units ansible-integration
 
 setup:
 	@bash scripts/setup.sh
@@ -24,6 +24,21 @@ test: setup lint ansible-check ansible-units ansible-integration
 
 demo: setup
 	bash scripts/demo.sh
+
+# The long fuzz run (docs/reliability.md): a million random NBD sessions and a million random
+# frame streams, tens of thousands of hypothesis cases and damaged journals, 20,000 sessions
+# at a real tap. About an hour on 2 cores. Figures, one JSON line per test, in FUZZ_REPORT.
+FUZZ_REPORT ?= $(CURDIR)/build/fuzz-report.jsonl
+FUZZ_PYTEST = HVDS_FUZZ_REPORT=$(FUZZ_REPORT) pytest -q -s -p no:cacheprovider --timeout=0
+fuzz: setup
+	mkdir -p $(dir $(FUZZ_REPORT)) && rm -f $(FUZZ_REPORT)
+	cd agent && HVDS_FUZZ_EXAMPLES=1000000 $(FUZZ_PYTEST) tests/unit/test_fuzz_nbd.py -k random_sessions
+	cd agent && HVDS_FUZZ_EXAMPLES=1000000 $(FUZZ_PYTEST) tests/unit/test_fuzz_wire.py -k random_streams
+	cd agent && HVDS_FUZZ_EXAMPLES=20000 $(FUZZ_PYTEST) tests/unit/test_fuzz_nbd.py -k "not random_sessions"
+	cd agent && HVDS_FUZZ_EXAMPLES=20000 $(FUZZ_PYTEST) tests/unit/test_fuzz_wire.py -k "not random_streams"
+	cd agent && HVDS_FUZZ_EXAMPLES=25000 $(FUZZ_PYTEST) tests/unit/test_fuzz_journal.py -k damaged
+	cd agent && HVDS_FUZZ_EXAMPLES=20000 $(FUZZ_PYTEST) tests/integration/test_fuzz_tap.py
+	jq -c '{test, inputs, seconds, crashes, hangs, peak_rss_mib}' $(FUZZ_REPORT)
 
 bench: setup
 	$(PY) bench/tap_bench.py
