@@ -83,6 +83,27 @@ def wait_for(predicate: object, timeout: float = 20, what: str = "condition") ->
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def qemu_io(target: str | Path, *commands: str) -> str:
+    """Run qemu-io commands against an NBD URI or an image file; their output."""
+    argv = ["qemu-io", "-f", "raw", *[a for c in commands for a in ("-c", c)], str(target)]
+    result = subprocess.run(argv, capture_output=True, text=True, check=True)
+    return result.stdout + result.stderr
+
+
+def readable(uri: str) -> bool:
+    """Whether the export at ``uri`` is served (a read of its first block succeeds)."""
+    result = subprocess.run(["qemu-io", "-f", "raw", "-c", "read 0 4k", uri],
+                            capture_output=True, check=False)  # fmt: skip
+    return result.returncode == 0
+
+
+def write_random(target: str, offset: int, length: int, scratch: Path) -> None:
+    """Incompressible data, so that what crosses the wire is what changed."""
+    pattern = scratch / f"random-{offset}-{length}"
+    pattern.write_bytes(os.urandom(length))
+    qemu_io(target, f"write -s {pattern} {offset} {length}")
+
+
 def make_image(path: Path, size: int) -> Path:
     with path.open("wb") as f:
         f.truncate(size)

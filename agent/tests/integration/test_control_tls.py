@@ -10,9 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import free_port, sha256_file
+from harness import free_port, qemu_io, sha256_file
 from sites import TwoSites
-from test_recovery import qemu_io
 
 from hvds.tls import client_context
 

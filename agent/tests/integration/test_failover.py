@@ -10,8 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import sha256_file, wait_for
-from test_replication import Sites, qemu_io
+from harness import qemu_io, sha256_file, wait_for
+from test_replication import Sites
 
 MiB = 1024 * 1024
 pytestmark = pytest.mark.slow

@@ -8,9 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import Lab, sha256_file, wait_for
+from harness import Lab, qemu_io, sha256_file, wait_for, write_random
 from sites import TwoSites
-from test_recovery import qemu_io, write_random
 
 MiB = 1024 * 1024
 pytestmark = pytest.mark.slow

@@ -8,15 +8,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from harness import sha256_file, wait_for
+from harness import qemu_io, sha256_file, wait_for
 from sites import TwoSites
 
 pytestmark = pytest.mark.slow
-
-
-def qemu_io(uri: str, command: str) -> None:
-    subprocess.run(["qemu-io", "-f", "raw", "-c", command, uri], check=True,
-                   capture_output=True)  # fmt: skip
 
 
 def nbd_to_file(uri: str, path: Path) -> str:

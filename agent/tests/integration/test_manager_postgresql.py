@@ -11,9 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import sha256_file
+from harness import qemu_io, sha256_file
 from sites import TwoSites
-from test_recovery import qemu_io
 
 pytestmark = pytest.mark.slow
 PG_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"))), None)

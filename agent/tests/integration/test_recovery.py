@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from guest import ensure_guest, qemu_available, run_guest
-from harness import Lab, sha256_file, wait_for
+from harness import Lab, qemu_io, readable, sha256_file, wait_for, write_random
 from sites import TwoSites
 
 MiB = 1024 * 1024
@@ -93,11 +93,6 @@ def sites(tmp_path: Path) -> Iterator[RecoverySites]:
 
 def hashes(paths: dict[str, Path]) -> dict[str, str]:
     return {name: sha256_file(path) for name, path in paths.items()}
-
-
-def qemu_io(target: str | Path, command: str) -> None:
-    subprocess.run(["qemu-io", "-f", "raw", "-c", command, str(target)], check=True,
-                   capture_output=True)  # fmt: skip
 
 
 def copies(paths: dict[str, Path], directory: Path) -> dict[str, Path]:
@@ -217,19 +212,6 @@ def test_a_move_with_both_sites_up_loses_no_write(sites: RecoverySites) -> None:
     assert hashes({n: Path(p) for n, p in moved["mirrors"].items()}) == hashes(sites.sources())
 
 
-def write_random(target: str, offset: int, length: int, scratch: Path) -> None:
-    """Incompressible data, so that what crosses the wire is what changed."""
-    pattern = scratch / f"random-{offset}-{length}"
-    pattern.write_bytes(os.urandom(length))
-    qemu_io(target, f"write -s {pattern} {offset} {length}")
-
-
-def readable(uri: str) -> bool:
-    result = subprocess.run(["qemu-io", "-f", "raw", "-c", "read 0 4k", uri],
-                            capture_output=True, check=False)  # fmt: skip
-    return result.returncode == 0
-
-
 def test_commit_reverse_protection_sends_only_the_changes_then_failback(
     sites: RecoverySites, tmp_path: Path
 ) -> None:
@@ -249,8 +231,11 @@ def test_commit_reverse_protection_sends_only_the_changes_then_failback(
     write_random(uris["vm2-disk0"], 0, 512 * 1024, tmp_path)
     changed = 2 * MiB
 
+    assert sites.api("GET", "/vpgs/erp")["reverse_site"] is None
     reverse = sites.command("POST", "/vpgs/erp/reverse-protection")["result"]
     assert reverse["site"] == "site-b"
+    assert sites.api("GET", "/vpgs/erp")["reverse_site"] == "site-b"  # what a re-run checks
+    assert [vpg["reverse_site"] for vpg in sites.api("GET", "/vpgs")] == ["site-b"]
     b = sites.manager_b
     wait_for(lambda: b.ok("GET", "/vpgs/erp", sites.admin_b)["state"] == "protected", 60,
              "the reverse VPG protected")  # fmt: skip

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import Lab, TcpProxy, Vdsa, sha256_file
+from harness import Lab, TcpProxy, Vdsa, qemu_io, sha256_file
 
 from hvds.pki import CertificateAuthority
 from hvds.replication.wire import (
@@ -310,11 +310,6 @@ def test_every_checkpoint_is_a_prefix_of_the_write_order_on_both_targets(
             journal.rollback(middle.id)
             mirrors = [sha256_file(target.mirror(name)) for name in ("db-disk", "log-disk")]
             assert mirrors == contents[middle.id]
-
-
-def qemu_io(uri: str, *commands: str) -> None:
-    argv = ["qemu-io", "-f", "raw", *[a for c in commands for a in ("-c", c)], uri]
-    subprocess.run(argv, check=True, capture_output=True)
 
 
 def test_link_cut_keeps_the_last_checkpoint_and_resumes(sites: Sites) -> None:

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import Manager, sha256_file
-from test_recovery import RecoverySites, qemu_io
+from harness import Manager, qemu_io, sha256_file
+from test_recovery import RecoverySites
 
 MiB = 1024 * 1024
 pytestmark = pytest.mark.slow

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 from guest import ensure_guest, expected_block, qemu_available, run_guest
-from harness import sha256_file
-from test_replication import Sites, qemu_io
+from harness import qemu_io, sha256_file
+from test_replication import Sites
 
 MiB = 1024 * 1024
 
@@ -23,12 +23,6 @@ def sites(tmp_path: Path) -> Iterator[Sites]:
         yield sites
     finally:
         sites.stop()
-
-
-def qemu_io_result(uri: str, *commands: str) -> str:
-    argv = ["qemu-io", "-f", "raw", *[a for c in commands for a in ("-c", c)], uri]
-    result = subprocess.run(argv, capture_output=True, text=True, check=True)
-    return result.stdout + result.stderr
 
 
 def test_a_view_shows_its_checkpoint_takes_writes_and_leaves_the_mirror_alone(
@@ -43,16 +37,16 @@ def test_a_view_shows_its_checkpoint_takes_writes_and_leaves_the_mirror_alone(
     sites.tagged_checkpoint("c2")
 
     view = sites.vdsa_b.control(op="view_open", vpg="vpg1", disk="vm1-disk0", tag="c1")
-    out = qemu_io_result(view["uri"], "read -P 0x11 0 4M", "read -P 0 4M 4M")
+    out = qemu_io(view["uri"], "read -P 0x11 0 4M", "read -P 0 4M 4M")
     assert "Pattern verification failed" not in out
 
     # Replication goes on while the view is open; the view stays at its checkpoint.
     qemu_io(source, "write -P 0x33 1M 1M")
     sites.tagged_checkpoint("c3")
-    assert "Pattern verification failed" not in qemu_io_result(view["uri"], "read -P 0x11 0 4M")
+    assert "Pattern verification failed" not in qemu_io(view["uri"], "read -P 0x11 0 4M")
 
     # The view takes writes (a test VM's), on top of the checkpoint.
-    out = qemu_io_result(
+    out = qemu_io(
         view["uri"], "write -P 0x44 4096 512", "read -P 0x44 4096 512",
         "read -P 0x11 0 4096", "read -P 0x11 4608 3584",
     )  # fmt: skip
