@@ -71,6 +71,11 @@ class SourceRecovery:
                 )
             return dict(vpg.spec)
 
+    def _state(self, name: str) -> str:
+        with self._site.store.session() as session:
+            vpg = session.get(Vpg, name)
+            return "" if vpg is None else vpg.state
+
     def _set(self, name: str, state: str, recovery: dict[str, Any] | None) -> None:
         with self._site.store.session() as session:
             vpg = session.get(Vpg, name)
@@ -131,7 +136,14 @@ class SourceRecovery:
                            "failover_network")  # fmt: skip
         fenced = await self._fence(spec, detached=True)
         progress(20)
-        opened = await self._ask(name, "POST", "/failover", request.model_dump(mode="json"))
+        try:
+            opened = await self._ask(name, "POST", "/failover", request.model_dump(mode="json"))
+        except Exception:
+            # Not failed over: the VMs here must have their disks back (unless a previous run
+            # of this command did fail it over, which the recovery site would have said).
+            if self._state(name) != "failing_over":
+                await self._fence(spec, detached=False)
+            raise
         opened["source_fenced"] = fenced
         self._set(name, "failing_over", {"kind": "failover", **opened})
         progress(60)
@@ -163,11 +175,17 @@ class SourceRecovery:
         return rolled
 
     async def move(self, name: str, progress: Progress) -> Any:
-        """A planned move: a last checkpoint while both sites are up (the VMs stopped first,
-        so nothing is written after it), failover to it, commit."""
-        self._vpg(name, "protected")
+        """A planned move: the disks detached here first (the VMs should be shut down before;
+        any still running can write no more), then a last checkpoint, which therefore holds
+        every write; failover to it, commit."""
+        spec = self._vpg(name, "protected")
+        await self._fence(spec, detached=True)
         tag = f"move-{utcnow().strftime('%Y%m%dT%H%M%S')}"
-        checkpoint = await self._site.take_checkpoint(name, tag, "the last checkpoint of a move")
+        try:
+            checkpoint = await self._site.take_checkpoint(name, tag, "the last of a move")
+        except Exception:
+            await self._fence(spec, detached=False)  # not moved: the VMs keep their disks
+            raise
         progress(30)
         await self.failover(name, FailoverIn(checkpoint=checkpoint.id), progress)
         return {"checkpoint": checkpoint.model_dump(mode="json"),
@@ -198,10 +216,8 @@ class SourceRecovery:
                 if vpg is None:
                     continue
                 state, recovery, spec = vpg.state, dict(vpg.recovery or {}), dict(vpg.spec)
-            if (
-                (there.get("recovery") == "failover"
-                and state != "failing_over")
-                or (state == "failing_over" and there.get("state") == "committed")
+            if (there.get("recovery") == "failover" and state != "failing_over") or (
+                state == "failing_over" and there.get("state") == "committed"
             ):
                 committed = there.get("state") == "committed"
                 log.warning("VPG %s was failed over at its recovery site: following it", name)
