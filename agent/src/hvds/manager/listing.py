@@ -39,13 +39,22 @@ def rfc3339(value: datetime.datetime) -> str:
     return value.isoformat() + "Z"
 
 
+def reverse_site(recovery: dict[str, Any] | None) -> str | None:
+    """The site that protects a failed-over VPG back to this one (SourceRecovery.reverse)."""
+    reverse = (recovery or {}).get("reverse") or {}
+    site = reverse.get("site")
+    return site if isinstance(site, str) else None
+
+
 def vpg_document(
     spec: dict[str, Any], state: str, rpo_seconds: float | None,
     created_at: datetime.datetime, updated_at: datetime.datetime,
+    recovery: dict[str, Any] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     return {
         **_DEFAULTS, **spec, "state": state, "rpo_seconds": rpo_seconds,
         "created_at": rfc3339(created_at), "updated_at": rfc3339(updated_at),
+        "reverse_site": reverse_site(recovery),
     }  # fmt: skip
 
 
@@ -78,7 +87,9 @@ def page_headers(db: Session, query: Select[Any], request: Request, limit: int, 
 
 def vpg_list(db: Session, request: Request, limit: int, offset: int) -> Response:
     """A page of VPGs by name."""
-    query = select(Vpg.spec, Vpg.state, Vpg.rpo_seconds, Vpg.created_at, Vpg.updated_at)
+    query = select(
+        Vpg.spec, Vpg.state, Vpg.rpo_seconds, Vpg.created_at, Vpg.updated_at, Vpg.recovery
+    )
     documents = [
         vpg_document(*row)
         for row in db.execute(query.order_by(Vpg.name).offset(offset).limit(limit))

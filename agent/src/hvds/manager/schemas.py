@@ -140,6 +140,11 @@ class VpgOut(VpgSpec):
     rpo_seconds: float | None
     created_at: Time
     updated_at: Time
+    reverse_site: str | None = Field(
+        default=None,
+        description="after a failover and reverse protection: the site that protects this VPG's "
+        "VMs back to this site (its VPG there has the same name); null otherwise",
+    )
 
 
 def _journal_text(value: str) -> str:

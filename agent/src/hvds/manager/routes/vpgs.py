@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, Request, Response
 
 from hvds.manager.db import Vpg
-from hvds.manager.listing import DEFAULT_PAGE, PAGE_HEADERS, Limit, Offset, vpg_list
+from hvds.manager.listing import DEFAULT_PAGE, PAGE_HEADERS, Limit, Offset, reverse_site, vpg_list
 from hvds.manager.routes.deps import Admin, Db, Reader, Site
 from hvds.manager.schemas import (
     CheckpointIn,
@@ -21,6 +21,7 @@ def vpg_out(vpg: Vpg) -> VpgOut:
     return VpgOut.model_validate({
         **vpg.spec, "state": vpg.state, "rpo_seconds": vpg.rpo_seconds,
         "created_at": vpg.created_at, "updated_at": vpg.updated_at,
+        "reverse_site": reverse_site(vpg.recovery),
     })  # fmt: skip
 
 
