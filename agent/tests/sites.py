@@ -18,6 +18,8 @@ class TwoSites:
     (VDSA with datastore ds1)."""
 
     def __init__(self, root: Path) -> None:
+        self.root = root
+        self.extra_hosts: list[tuple[Lab, Vdsa]] = []
         ca = CertificateAuthority(root / "pki")
         self.ca = ca
         self.manager_a = Manager(root / "manager-a", "site-a", ca.issue("manager-a", ["127.0.0.1"]))
@@ -35,6 +37,22 @@ class TwoSites:
         datastore = root / "b1" / "ds1"
         datastore.mkdir(parents=True)
         self.vdsa_b.sections["datastore"] = [{"name": "ds1", "path": str(datastore)}]
+
+    def add_source_host(self, name: str, exports: dict[str, Path]) -> tuple[Lab, Vdsa]:
+        """Another host of site A, with its tap (serving these images) and its VDSA; the
+        caller starts them (``start_host``) and stops them (``stop_host``)."""
+        tap = Lab(self.root / name)
+        tap.root.mkdir()
+        tap.exports.update(exports)
+        tap.write_config()
+        vdsa = self._vdsa(self.root / name / "vdsa", name, self.manager_a)
+        vdsa.settings["tap_config"] = str(tap.config_path)
+        self.extra_hosts.append((tap, vdsa))
+        return tap, vdsa
+
+    def start_host(self, tap: Lab, vdsa: Vdsa) -> None:
+        vdsa.start()
+        tap.start_tap(vdsa_socket=str(vdsa.tap_socket))
 
     def _vdsa(self, root: Path, name: str, manager: Manager) -> Vdsa:
         vdsa = Vdsa(root, name, self.ca.issue(name))
@@ -78,6 +96,9 @@ class TwoSites:
         )  # fmt: skip
 
     def stop(self) -> None:
+        for tap, vdsa in self.extra_hosts:
+            tap.stop()
+            vdsa.stop()
         self.tap.stop()
         for service in (self.vdsa_a, self.vdsa_b, self.manager_a, self.manager_b):
             service.stop()

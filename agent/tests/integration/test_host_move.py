@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import Lab, qemu_io, sha256_file, wait_for, write_random
+from harness import qemu_io, sha256_file, wait_for, write_random
 from sites import TwoSites
 
 MiB = 1024 * 1024
@@ -19,19 +19,12 @@ pytestmark = pytest.mark.slow
 def sites(tmp_path: Path) -> Iterator[TwoSites]:
     sites = TwoSites(tmp_path)
     # Host a2 sees the same disk image (shared storage); its tap starts once the VM moves.
-    sites.tap_a2 = Lab(tmp_path / "a2")
-    sites.tap_a2.root.mkdir()
-    sites.tap_a2.exports["vm1-disk0"] = sites.disk
-    sites.tap_a2.write_config()
-    sites.vdsa_a2 = sites._vdsa(tmp_path / "a2" / "vdsa", "a2", sites.manager_a)
-    sites.vdsa_a2.settings["tap_config"] = str(sites.tap_a2.config_path)
+    sites.tap_a2, sites.vdsa_a2 = sites.add_source_host("a2", {"vm1-disk0": sites.disk})
     try:
         sites.start()
         sites.vdsa_a2.start()
         yield sites
     finally:
-        sites.tap_a2.stop()
-        sites.vdsa_a2.stop()
         sites.stop()
 
 
