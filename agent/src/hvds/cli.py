@@ -8,6 +8,10 @@
     hvds checkpoints list VPG | create VPG --tag TAG [--description TEXT]
     hvds commands list [--vpg NAME] [--all] | get ID | cancel ID | watch ID
     hvds test start VPG [--tag TAG | --checkpoint ID] [--no-wait] | stop VPG [--no-wait]
+    hvds failover start VPG [--tag TAG | --checkpoint ID] [--auto-commit SECONDS]
+    hvds failover commit VPG | rollback VPG
+    hvds move VPG | reverse VPG               a planned move; protect back after a commit
+    hvds restore VPG DISK --datastore DS --name NAME [--tag TAG | --checkpoint ID]
     hvds logs collect [-o FILE] [--no-wait]
 
 --url, --token and --ca default to $HVDS_URL, $HVDS_TOKEN and $HVDS_CA. Tables by default;
@@ -294,6 +298,33 @@ def test(api: Api, out: Output, args: argparse.Namespace) -> int:
     return started(api, out, args, api.call("POST", path, choice))
 
 
+def failover(api: Api, out: Output, args: argparse.Namespace) -> int:
+    path = f"/vpgs/{args.vpg}/failover"
+    if args.action == "start":
+        body = {"tag": args.tag, "checkpoint": args.checkpoint,
+                "auto_commit_seconds": args.auto_commit}  # fmt: skip
+        return started(api, out, args, api.call("POST", path, body))
+    return started(api, out, args, api.call("POST", f"{path}/{args.action}"))
+
+
+def vpg_operation(api: Api, out: Output, args: argparse.Namespace) -> int:
+    """move and reverse: one POST on the VPG, a tracked command."""
+    path = {"move": "move", "reverse": "reverse-protection"}[args.command]
+    return started(api, out, args, api.call("POST", f"/vpgs/{args.vpg}/{path}"))
+
+
+def restore(api: Api, out: Output, args: argparse.Namespace) -> int:
+    body = {"disk": args.disk, "datastore": args.datastore, "name": args.name,
+            "tag": args.tag, "checkpoint": args.checkpoint}  # fmt: skip
+    return started(api, out, args, api.call("POST", f"/vpgs/{args.vpg}/restore", body))
+
+
+def _checkpoint_choice(command: argparse.ArgumentParser) -> None:
+    which = command.add_mutually_exclusive_group()
+    which.add_argument("--tag", help="the newest checkpoint with this tag")
+    which.add_argument("--checkpoint", type=int, help="a checkpoint id (default: the latest)")
+
+
 def logs(api: Api, out: Output, args: argparse.Namespace) -> int:
     command = api.call("POST", "/logs")
     if args.no_wait:
@@ -308,6 +339,39 @@ def logs(api: Api, out: Output, args: argparse.Namespace) -> int:
 
 
 # -- arguments --------------------------------------------------------------------------------
+
+
+def _recovery_parsers(sub: Any) -> None:
+    """failover, move, reverse and restore."""
+    over = sub.add_parser("failover", help="live failover").add_subparsers(
+        dest="action", required=True
+    )
+    begin = over.add_parser("start", help="fail over to a checkpoint (default: the latest)")
+    begin.add_argument("vpg")
+    _checkpoint_choice(begin)
+    begin.add_argument("--auto-commit", type=float, metavar="SECONDS",
+                       help="commit on its own after this long unless rolled back")  # fmt: skip
+    for name in ("commit", "rollback"):
+        over.add_parser(name).add_argument("vpg")
+    for action in over.choices.values():
+        action.add_argument("--no-wait", action="store_true", help="do not follow the command")
+        action.set_defaults(run=failover)
+    for name, text in (
+        ("move", "a planned move: last checkpoint, failover, commit"),
+        ("reverse", "after a commit, protect the VPG back to its old site"),
+    ):
+        operation = sub.add_parser(name, help=text)
+        operation.add_argument("vpg")
+        operation.add_argument("--no-wait", action="store_true", help="do not follow it")
+        operation.set_defaults(run=vpg_operation)
+    back = sub.add_parser("restore", help="a disk at a checkpoint, copied to a datastore")
+    back.add_argument("vpg")
+    back.add_argument("disk")
+    back.add_argument("--datastore", required=True)
+    back.add_argument("--name", required=True, help="the image: <datastore>/restores/NAME.raw")
+    _checkpoint_choice(back)
+    back.add_argument("--no-wait", action="store_true", help="do not follow the command")
+    back.set_defaults(run=restore)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -369,13 +433,13 @@ def parser() -> argparse.ArgumentParser:
     )
     start = tests.add_parser("start", help="views of a checkpoint (default: the latest)")
     start.add_argument("vpg")
-    which = start.add_mutually_exclusive_group()
-    which.add_argument("--tag", help="the newest checkpoint with this tag")
-    which.add_argument("--checkpoint", type=int, help="a checkpoint id")
+    _checkpoint_choice(start)
     tests.add_parser("stop").add_argument("vpg")
     for action in tests.choices.values():
         action.add_argument("--no-wait", action="store_true", help="do not follow the command")
         action.set_defaults(run=test)
+
+    _recovery_parsers(sub)
 
     log = sub.add_parser("logs", help="log bundles").add_subparsers(dest="action", required=True)
     collect = log.add_parser("collect", help="collect and download a bundle (tar.gz)")

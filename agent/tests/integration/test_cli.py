@@ -83,6 +83,16 @@ def test_the_hvds_command_on_a_real_site(sites: TwoSites, tmp_path: Path) -> Non
     assert "failover_test_start erp" in test.stderr and "succeeded" in test.stdout
     assert a.ok("GET", "/vpgs/erp", sites.admin_a)["state"] == "testing"
     assert "failover_test_stop" in cli.run("test", "stop", "erp").stdout
+    wait_for(lambda: a.ok("GET", "/vpgs/erp", sites.admin_a)["state"] == "protected",
+             what="erp protected again")  # fmt: skip
+    failed_over = cli.run("failover", "start", "erp", "--tag", "from-cli")
+    assert "failover erp" in failed_over.stderr and "succeeded" in failed_over.stdout
+    assert a.ok("GET", "/vpgs/erp", sites.admin_a)["state"] == "failing_over"
+    assert "failover_rollback" in cli.run("failover", "rollback", "erp").stdout
+    restored = cli.json("restore", "erp", "vm1-disk0", "--datastore", "ds1", "--name", "cli",
+                        "--tag", "from-cli")  # fmt: skip
+    assert restored["status"] == "succeeded"
+    assert restored["result"]["path"].endswith("restores/cli.raw")
     # Three commands or more by now: --all follows the pages (here of one command each).
     every = cli.json("commands", "list", "--all", "--page-size", "1")
     assert [c["id"] for c in every] == [c["id"] for c in a.ok("GET", "/commands", sites.admin_a)]
