@@ -14,6 +14,7 @@ apt_packages=(
   qemu-utils qemu-system-x86 nbdkit libnbd-bin python3-libnbd fio
   busybox-static e2fsprogs util-linux procps iproute2 cpio curl
   fdisk xfsprogs ntfs-3g dosfstools btrfs-progs lvm2 jq fuse3 postgresql
+  nftables  # loss and link cuts in the network fault tests (agent/tests/netfaults.py)
 )
 # The lab (lab/, make lab-demo): systemd containers under rootful podman; runc, not crun (see
 # lab/containers.conf); debootstrap builds the image, as no registry is reachable.

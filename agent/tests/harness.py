@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import json
 import os
@@ -14,14 +15,16 @@ import subprocess
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import tomli_w
 from prometheus_client.parser import text_string_to_metric_families
 
 BIN = Path(shutil.which("hvds-tap") or "hvds-tap").parent
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -71,6 +74,36 @@ def scrape(port: int, name: str, **labels: str) -> float:
             if sample.name == name and sample.labels == labels:
                 return float(sample.value)
     raise KeyError(f"{name}{labels}")
+
+
+def in_netns(netns: str, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``call(*args, **kwargs)`` in a thread that joined network namespace ``netns`` (the
+    sockets it opens are that namespace's): scrape a process's metrics on its loopback, run a
+    proxy there. The caller's own thread stays where it is."""
+    result: list[T] = []
+    error: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
+            try:
+                if ctypes.CDLL(None, use_errno=True).setns(fd, _CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), f"setns {netns}")
+            finally:
+                os.close(fd)
+            result.append(call(*args, **kwargs))
+        except BaseException as exc:  # handed to the caller
+            error.append(exc)
+
+    thread = threading.Thread(target=run, name=f"netns-{netns}", daemon=True)
+    thread.start()
+    thread.join()
+    if error:
+        raise error[0]
+    return result[0]
+
+
+_CLONE_NEWNET = 0x40000000
 
 
 def wait_for(predicate: object, timeout: float = 20, what: str = "condition") -> None:
@@ -264,6 +297,8 @@ class Vdsa:
     # More [vdsa] settings, and more sections ([manager], [[datastore]]).
     settings: dict[str, Any] = field(default_factory=dict)
     sections: dict[str, Any] = field(default_factory=dict)
+    # Run in this network namespace (``ip netns exec``); its metrics are scraped from there.
+    netns: str | None = None
 
     @property
     def tap_socket(self) -> Path:
@@ -330,6 +365,8 @@ class Vdsa:
         path = self.root / "vdsa.toml"
         path.write_text(tomli_w.dumps(config))
         argv = [str(BIN / "hvds-vdsa"), "run", "--config", str(path)]
+        if self.netns:
+            argv = ["ip", "netns", "exec", self.netns, *argv]
         self.service = Service(argv, self.root / "vdsa.log").start()
         return self.service
 
@@ -344,6 +381,8 @@ class Vdsa:
         return self.control(op="status")
 
     def metric(self, name: str, **labels: str) -> float:
+        if self.netns:
+            return in_netns(self.netns, scrape, self.metrics_port, name, **labels)
         return scrape(self.metrics_port, name, **labels)
 
     def stop(self) -> None:

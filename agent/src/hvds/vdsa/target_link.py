@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import ssl
 import time
 from collections import deque
@@ -45,6 +46,10 @@ DEDUP_CACHE_BYTES = 64 * 1024 * 1024
 # their full-sync writes cover. A tap with another block size gets no matches: all is sent.
 HASH_BLOCK = 64 * 1024
 _RECONNECT_MIN, _RECONNECT_MAX = 0.1, 5.0
+# A link that has not answered for this long is down: a connection attempt, data sent and not
+# acknowledged by the peer's TCP (TCP_USER_TIMEOUT), an idle connection (keepalive probes).
+# Without it a cut link (packets dropped, no reset) looked connected until TCP gave up, 15 min.
+LINK_TIMEOUT = 10.0
 
 
 @dataclass
@@ -92,6 +97,7 @@ class TargetLink:
                 ssl.SSLError,
                 ReplicationProtocolError,
                 asyncio.IncompleteReadError,
+                TimeoutError,
             ) as exc:
                 log.warning("%s -> %s: %s", self.vpg.name, self.target.server_name, exc)
             except Exception:
@@ -104,12 +110,16 @@ class TargetLink:
             delay = min(delay * 2, _RECONNECT_MAX)
 
     async def _session(self) -> None:
-        reader, writer = await asyncio.open_connection(
-            self.target.address.host,
-            self.target.address.port,
-            ssl=self._tls,
-            server_hostname=self.target.server_name,
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(
+                self.target.address.host,
+                self.target.address.port,
+                ssl=self._tls,
+                server_hostname=self.target.server_name,
+            ),
+            LINK_TIMEOUT,
         )
+        _detect_dead_link(writer.get_extra_info("socket"))
         try:
             hello = {
                 "vpg": self.vpg.name,
@@ -275,3 +285,14 @@ class TargetLink:
         self._send_at = max(self._send_at, now) + nbytes / limit
         if self._send_at > now:
             await asyncio.sleep(self._send_at - now)
+
+
+def _detect_dead_link(sock: socket.socket | None) -> None:
+    """Make the kernel end the connection when the link has been silent for LINK_TIMEOUT."""
+    if sock is None or not hasattr(socket, "TCP_USER_TIMEOUT"):
+        return
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(LINK_TIMEOUT * 1000))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, int(LINK_TIMEOUT / 2))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, int(LINK_TIMEOUT / 2))
