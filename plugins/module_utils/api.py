@@ -205,22 +205,43 @@ class ApiClient:
     def exchange(self, method, path, body=None):
         """`request`, answering `(decoded JSON or None, the response's headers)`."""
         method = method.upper()
+        data = None
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            data = json.dumps(body)
+            headers["Content-Type"] = "application/json"
+        response = self._send(method, path, data, headers)
+        return self._decode(method, path, response.read()), response.headers
+
+    def download(self, path, out, accept="application/octet-stream", chunk_size=1 << 20):
+        """`GET path`, its body written to the binary file object `out` (retried like any GET,
+        until the answer starts); the response's headers and the number of bytes written."""
+        response = self._send("GET", path, None, {"Accept": accept})
+        written = 0
+        while True:
+            try:
+                chunk = response.read(chunk_size)
+            except (OSError, HTTPException) as exc:
+                raise HvdsApiError("hvds API GET %s: the download broke off after %d bytes: %s"
+                                   % (path, written, to_text(exc)), method="GET", url=self.base_url + path)
+            if not chunk:
+                return response.headers, written
+            out.write(chunk)
+            written += len(chunk)
+
+    def _send(self, method, path, data, headers):
+        """Open the request, retrying what may be retried; the response, or HvdsApiError."""
         url = self.base_url + path
         if not usable_url(self.base_url):
             raise HvdsApiError("hvds API %s %s: the url %s cannot be used: it must be http(s)://host[:port]"
                                % (method, path, self.base_url), method=method, url=url)
-        headers = {"Authorization": "Bearer %s" % self.token, "Accept": "application/json"}
-        data = None
-        if body is not None:
-            data = json.dumps(body)
-            headers["Content-Type"] = "application/json"
+        headers = dict(headers, Authorization="Bearer %s" % self.token)
         attempt = 0
         while True:
             try:
-                response = self._open(url, data=data, headers=headers, method=method,
-                                      validate_certs=self.validate_certs, ca_path=self.ca_path,
-                                      timeout=self.timeout, follow_redirects="safe")
-                return self._decode(method, path, response.read()), response.headers
+                return self._open(url, data=data, headers=headers, method=method,
+                                  validate_certs=self.validate_certs, ca_path=self.ca_path,
+                                  timeout=self.timeout, follow_redirects="safe")
             except HTTPError as exc:
                 status = exc.code
                 detail = parse_error_body(_read_quietly(exc))
@@ -291,13 +312,16 @@ class ApiClient:
     def delete(self, *parts):
         return self.request("DELETE", api_path(*parts))
 
-    def wait_command(self, command, timeout, interval=1.0):
-        """Poll `GET /commands/{id}` until the command has ended; the command as last read.
+    def wait_command(self, command, timeout, interval=1.0, until=None):
+        """Poll `GET /commands/{id}` until the command has ended, or until `until(command)` (when
+        given) is true of the command as last read; the command as last read.
 
         Raises HvdsApiError when it is still queued or running after `timeout` seconds.
         """
         deadline = self._clock() + timeout
         while command.get("status") not in COMMAND_END_STATUSES:
+            if until is not None and until(command):
+                return command
             remaining = deadline - self._clock()
             if remaining <= 0:
                 raise HvdsApiError(
@@ -319,10 +343,22 @@ def read_items(client, collection, name=None, **query):
     return [] if item is None else [item]
 
 
-def finish_command(client, command, wait, timeout):
-    """The command as it ended when `wait`, else as it is; raises when it failed or was cancelled."""
+def pending_command(commands, vpg, kinds):
+    """The newest command of the VPG, of one of `kinds` (a kind or a tuple of them), that has not
+    ended (`commands` newest first, as the manager lists them), or None."""
+    kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
+    for command in commands:
+        if (command.get("vpg") == vpg and command.get("kind") in kinds
+                and command.get("status") not in COMMAND_END_STATUSES):
+            return command
+    return None
+
+
+def finish_command(client, command, wait, timeout, until=None):
+    """The command as it ended when `wait` (or as it was when `until(command)` held), else as it
+    is; raises when it failed or was cancelled."""
     if wait:
-        command = client.wait_command(command, timeout)
+        command = client.wait_command(command, timeout, until=until)
     if command.get("status") in ("failed", "cancelled"):
         raise HvdsApiError("hvds command %s (%s) %s: %s"
                            % (command.get("id"), command.get("kind"), command["status"], command.get("error")),

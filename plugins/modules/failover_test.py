@@ -100,18 +100,13 @@ diff:
   sample: {before: {failover_test: stopped}, after: {failover_test: started}}
 """
 
-from ansible_collections.hvds.replication.plugins.module_utils.api import HvdsModule, finish_command
+from ansible_collections.hvds.replication.plugins.module_utils.api import (
+    HvdsModule,
+    finish_command,
+    pending_command,
+)
 
 KINDS = {"started": "failover_test_start", "stopped": "failover_test_stop"}
-RUNNING = ("queued", "running")
-
-
-def pending_command(commands, vpg, kind):
-    """The newest command of that kind for the VPG that has not ended, or None."""
-    for command in commands:
-        if command.get("vpg") == vpg and command.get("kind") == kind and command.get("status") in RUNNING:
-            return command
-    return None
 
 
 def is_testing(vpg):

@@ -22,6 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from ansible.module_utils.common import warnings as ansible_warnings
 from ansible.module_utils.testing import patch_module_args
 
 TOKEN = "admin-token-0123456789"
@@ -59,6 +60,7 @@ class FakeManager:
         self.page_size = 100  # the default page of the paged lists, as hvds-manager's
         self.command_polls = 2  # GETs of a running command before it ends
         self.failing_command = None  # kind of command that ends failed
+        self.images = []  # paths of the restored images at the recovery host
 
     def changes(self):
         return [(request[0], request[1]) for request in self.requests if request[0] != "GET"]
@@ -109,8 +111,16 @@ class FakeManager:
         (r"/api/v1/vpgs/([^/]+)/checkpoints", ("POST", "take_checkpoint")),
         (r"/api/v1/vpgs/([^/]+)/failover-test", ("POST", "start_test")),
         (r"/api/v1/vpgs/([^/]+)/failover-test", ("DELETE", "stop_test")),
+        (r"/api/v1/vpgs/([^/]+)/failover", ("POST", "failover")),
+        (r"/api/v1/vpgs/([^/]+)/failover/commit", ("POST", "commit")),
+        (r"/api/v1/vpgs/([^/]+)/failover/rollback", ("POST", "rollback")),
+        (r"/api/v1/vpgs/([^/]+)/move", ("POST", "move")),
+        (r"/api/v1/vpgs/([^/]+)/reverse-protection", ("POST", "reverse")),
+        (r"/api/v1/vpgs/([^/]+)/restore", ("POST", "restore")),
+        (r"/api/v1/logs", ("POST", "collect_logs")),
         (r"/api/v1/commands", ("GET", "list_commands")),
         (r"/api/v1/commands/(\d+)", ("GET", "get_command")),
+        (r"/api/v1/commands/(\d+)/bundle", ("GET", "get_bundle")),
     ]
 
     def get_site(self, _body):
@@ -205,12 +215,51 @@ class FakeManager:
         self.checkpoints[name].append(checkpoint)
         return 201, checkpoint, {}
 
-    def _command(self, kind, vpg):
+    def _command(self, kind, vpg, body=None):
         command = {"id": len(self.commands) + 1, "kind": kind, "vpg": vpg, "status": "running",
                    "progress": 0, "started_at": NOW, "ended_at": None, "result": None, "error": None,
-                   "polls": self.command_polls}
+                   "polls": self.command_polls, "body": body or {}}
         self.commands.insert(0, command)
         return 202, self._public(command), {}
+
+    def _recovery(self, kind, name, body=None):
+        if name not in self.vpgs:
+            return 400, {"detail": "no VPG %s" % name}, {}
+        return self._command(kind, name, body)
+
+    def failover(self, body, name):
+        return self._recovery("failover", name, body)
+
+    def commit(self, _body, name):
+        return self._recovery("failover_commit", name)
+
+    def rollback(self, _body, name):
+        return self._recovery("failover_rollback", name)
+
+    def move(self, _body, name):
+        return self._recovery("move", name)
+
+    def reverse(self, _body, name):
+        return self._recovery("reverse_protection", name)
+
+    def restore(self, body, name):
+        return self._recovery("restore_disk", name, body)
+
+    def collect_logs(self, _body):
+        return self._command("log_collection", None)
+
+    def get_bundle(self, _body, command_id):
+        for command in self.commands:
+            if command["id"] == int(command_id) and command["kind"] == "log_collection":
+                if command["status"] != "succeeded":
+                    return 409, {"detail": "log collection %s is %s" % (command_id, command["status"])}, {}
+                return 200, self.bundle(command["id"]), {"Content-Type": "application/gzip"}
+        return 404, {"detail": "no log collection %s" % command_id}, {}
+
+    @staticmethod
+    def bundle(command_id):
+        """The bytes of the bundle of a log collection (not a real tar.gz: bytes of every value)."""
+        return bytes(range(256)) * 64 + b"bundle %d" % command_id
 
     def start_test(self, _body, name):
         if self.vpgs[name]["state"] == "testing":
@@ -224,20 +273,95 @@ class FakeManager:
 
     @staticmethod
     def _public(command):
-        return dict((key, value) for key, value in command.items() if key != "polls")
+        return dict((key, value) for key, value in command.items() if key not in ("polls", "body"))
+
+    # The states a recovery command needs the VPG in (as SourceRecovery checks them).
+    NEEDS = {
+        "failover": ("syncing", "protected", "failing_over"),
+        "failover_commit": ("failing_over", "failed_over"),
+        "failover_rollback": ("failing_over",),
+        "move": ("protected",),
+        "reverse_protection": ("failed_over",),
+    }
 
     def _advance(self, command):
-        if command["status"] == "running":
-            command["polls"] -= 1
-            if command["polls"] <= 0:
-                command.update(progress=100, ended_at=NOW)
-                if command["kind"] == self.failing_command:
-                    command.update(status="failed", error="no target answered")
-                else:
-                    command.update(status="succeeded", result={})
-                    testing = command["kind"] == "failover_test_start"
-                    self.vpgs[command["vpg"]]["state"] = "testing" if testing else "protected"
+        """One poll of a running command: it ends after `command_polls` polls. A failover is live
+        (the VPG failing_over, progress 60) from its first poll; with auto_commit_seconds it
+        ends only after `command_polls` more polls, committed."""
+        if command["status"] != "running":
+            return self._public(command)
+        vpg = self.vpgs.get(command["vpg"])
+        kind = command["kind"]
+        if command["progress"] == 0 and kind in self.NEEDS and vpg["state"] not in self.NEEDS[kind]:
+            command.update(status="failed", ended_at=NOW, error="VPG %s is %s; this needs it %s"
+                           % (command["vpg"], vpg["state"], " or ".join(self.NEEDS[kind])))
+            return self._public(command)
+        if kind == "failover" and command["progress"] == 0:
+            vpg["state"] = "failing_over"
+            command["progress"] = 60
+            if command["body"].get("auto_commit_seconds") is not None:
+                command["polls"] += self.command_polls
+        command["polls"] -= 1
+        if command["polls"] > 0:
+            return self._public(command)
+        command.update(progress=100, ended_at=NOW)
+        if kind == self.failing_command:
+            command.update(status="failed", error="no target answered")
+            return self._public(command)
+        try:
+            result = getattr(self, "_end_" + kind)(command, vpg)
+        except ValueError as exc:
+            command.update(status="failed", error=str(exc))
+            return self._public(command)
+        command.update(status="succeeded", result=result)
         return self._public(command)
+
+    def _end_failover_test_start(self, _command, vpg):
+        vpg["state"] = "testing"
+        return {}
+
+    def _end_failover_test_stop(self, _command, vpg):
+        vpg["state"] = "protected"
+        return {}
+
+    def _end_failover(self, command, vpg):
+        checkpoint = {"id": 1735725600000000000, "tag": command["body"].get("tag") or ""}
+        views = [{"disk": disk["export"], "uri": "nbd://127.0.0.1:10810/" + disk["export"]}
+                 for vm in vpg.get("vms", []) for disk in vm["disks"]]
+        if command["body"].get("auto_commit_seconds") is not None and vpg["state"] == "failing_over":
+            vpg["state"] = "failed_over"
+        return {"kind": "failover", "state": "open", "checkpoint": checkpoint, "views": views, "vms": []}
+
+    def _end_failover_commit(self, _command, vpg):
+        vpg["state"] = "failed_over"
+        return {"kind": "failover", "state": "committed", "mirrors": {}, "uris": {}, "merged_bytes": 0}
+
+    def _end_failover_rollback(self, _command, vpg):
+        vpg["state"] = "syncing"
+        return {"vms": [], "discarded_bytes": 65536, "source_attached": {}}
+
+    def _end_move(self, _command, vpg):
+        vpg["state"] = "failed_over"
+        return {"checkpoint": {"id": 1735725600000000001, "tag": "move-20250101T100000"},
+                "state": "committed", "mirrors": {}, "uris": {}}
+
+    def _end_reverse_protection(self, _command, vpg):
+        site = vpg["targets"][0]["site"]
+        vpg["reverse_site"] = site
+        return {"vpg": vpg["name"], "site": site, "state": "initializing"}
+
+    def _end_restore_disk(self, command, _vpg):
+        body = command["body"]
+        path = "/srv/%s/restores/%s.raw" % (body["datastore"], body["name"])
+        if path in self.images:
+            raise ValueError("%s exists: restore under another name" % path)
+        self.images.append(path)
+        return {"path": path, "size": 1 << 30, "checkpoint": 1735725600000000000}
+
+    def _end_log_collection(self, command, _vpg):
+        name = "hvds-logs-site-a-20250101T100000-%d.tar.gz" % command["id"]
+        return {"bundle": name, "bytes": len(self.bundle(command["id"])), "files": ["manifest.json"],
+                "hosts": ["host-a1"]}
 
     def list_commands(self, _body):
         return 200, [self._public(command) for command in self.commands], {}
@@ -262,12 +386,15 @@ class Handler(BaseHTTPRequestHandler):
             status, reply, headers = 401, {"detail": "no or wrong token"}, {}
         else:
             status, reply, headers = self.fake.handle(self.command, self.path, body)
-        data = b"" if reply is None else json.dumps(reply).encode()
+        if isinstance(reply, bytes):
+            data = reply
+        else:
+            data = b"" if reply is None else json.dumps(reply).encode()
+            if data:
+                headers = dict(headers, **{"Content-Type": "application/json"})
         self.send_response(status)
         for key, value in headers.items():
             self.send_header(key, value)
-        if data:
-            self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
@@ -303,6 +430,9 @@ def run_module(manager, monkeypatch):
         if connect:
             full.update(url=manager.url, token=TOKEN)
         full.update(copy.deepcopy(args))
+        # Warnings and deprecations are gathered process-wide until a module exits: start afresh.
+        ansible_warnings._global_warnings.clear()
+        ansible_warnings._global_deprecations.clear()
         out = io.StringIO()
         with patch_module_args(full), redirect_stdout(out), pytest.raises(SystemExit):
             module.main()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import io
 import socket
 import ssl
 from urllib.error import URLError
@@ -20,6 +21,7 @@ from ansible_collections.hvds.replication.plugins.module_utils.api import (
     finish_command,
     minimal_diff,
     parse_error_body,
+    pending_command,
     status_is_retryable,
 )
 
@@ -293,6 +295,58 @@ def test_finish_command_raises_when_the_command_failed(manager):
         finish_command(client, command, True, 60)
     assert caught.value.msg == "hvds command 1 (failover_test_start) failed: no target answered"
     assert finish_command(client, {"id": 9, "status": "running"}, False, 60)["status"] == "running"
+
+
+def test_wait_command_stops_early_when_until_holds(manager):
+    manager.command_polls = 100
+    client, sleeps = client_for(manager)
+    command = start_test(manager, client)
+    seen = []
+
+    def until(current):
+        seen.append(current["status"])
+        return len(seen) == 3
+
+    assert client.wait_command(command, timeout=60, interval=1, until=until)["status"] == "running"
+    assert sleeps == [1, 1]
+    assert finish_command(client, command, True, 60, until=lambda current: True) == command
+
+
+def test_pending_command_takes_a_kind_or_several():
+    commands = [
+        {"id": 5, "vpg": "erp", "kind": "move", "status": "succeeded"},
+        {"id": 4, "vpg": "crm", "kind": "failover", "status": "running"},
+        {"id": 3, "vpg": "erp", "kind": "failover_commit", "status": "queued"},
+        {"id": 2, "vpg": "erp", "kind": "failover", "status": "running"},
+    ]
+    assert pending_command(commands, "erp", "failover")["id"] == 2
+    assert pending_command(commands, "erp", ("failover", "failover_commit"))["id"] == 3
+    assert pending_command(commands, "erp", ["move"]) is None
+    assert pending_command(commands, "crm", ("failover_commit",)) is None
+
+
+# --- downloads --------------------------------------------------------------------------------
+
+
+def test_download_writes_the_body_in_chunks_after_retries(manager):
+    manager.command_polls = 1
+    client, sleeps = client_for(manager)
+    command = client.wait_command(client.post(("logs",)), timeout=60)
+    del sleeps[:]
+    manager.replies = [(503, {"detail": "busy"}, {})]
+    out = io.BytesIO()
+    headers, written = client.download(api.api_path("commands", command["id"], "bundle"), out, chunk_size=1000)
+    assert out.getvalue() == manager.bundle(command["id"])
+    assert written == len(out.getvalue()) > 1000
+    assert headers.get("Content-Type") == "application/gzip"
+    assert sleeps == [1.0]
+
+
+def test_a_download_refused_is_an_error_with_the_api_detail(manager):
+    client = client_for(manager)[0]
+    with pytest.raises(HvdsApiError) as caught:
+        client.download(api.api_path("commands", 7, "bundle"), io.BytesIO())
+    assert caught.value.msg == "hvds API GET /api/v1/commands/7/bundle: HTTP 404 not found: no log collection 7"
 
 
 # --- lists in pages ---------------------------------------------------------------------------
