@@ -151,9 +151,13 @@ class TargetServer:
                 await writer.drain()
         except (OSError, ssl.SSLError, asyncio.IncompleteReadError) as exc:
             log.warning("source %s: connection lost: %s", peer, exc)
+        except asyncio.CancelledError:
+            # A newer connection of the source replaced this one (or the service stops): the
+            # end of this connection, not an error (asyncio logged a traceback for it).
+            log.info("source %s: connection replaced or closed", peer)
         finally:
             writer.close()
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception, asyncio.CancelledError):
                 await writer.wait_closed()
 
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -187,7 +191,10 @@ class TargetServer:
             vpg.session.cancel()
         vpg.session = current
         async with vpg.lock:  # the replaced session finishes its batch first
-            cache_bytes = min(int(info.get("dedup_cache_bytes", 0)), MAX_DEDUP_CACHE_BYTES)
+            cache_bytes = info.get("dedup_cache_bytes", 0)
+            if type(cache_bytes) is not int or cache_bytes < 0:
+                raise ReplicationProtocolError(f"HELLO with dedup_cache_bytes {cache_bytes!r}")
+            cache_bytes = min(cache_bytes, MAX_DEDUP_CACHE_BYTES)
             applier = BatchApplier(vpg, BlockCache(cache_bytes))
             # A replaced session's batch may still be finishing in its thread: wait for it.
             last_seq, fresh = await asyncio.to_thread(vpg.resume_point)
