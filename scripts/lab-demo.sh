@@ -6,6 +6,7 @@
 #   4. runs it again: it must report no change (changed=0 on every host)
 #   5. lab/demo-check.yml: writes through hv-a1's tap, checkpoints, and shows hv-b1's mirror
 #      equal to the source by sha256
+#   6. playbooks/collect_logs.yml: a log bundle from each site's manager, into build/lab/logs
 # Options: --fresh removes the lab's containers (and CA) first; --down removes the containers at
 # the end. Times of each step at the end; logs in build/lab/logs/.
 set -euo pipefail
@@ -82,4 +83,9 @@ done_step
 
 step "write through the tap at site A, checkpoint, compare the mirror at site B"
 playbook "$logs/demo-check.log" lab/demo-check.yml
+done_step
+
+step "a log bundle from each site (playbooks/collect_logs.yml)"
+playbook "$logs/collect-logs.log" playbooks/collect_logs.yml -e hvds_logs_dir="$logs"
+grep -o '"[^"]*hvds-logs-[^"]*"' "$logs/collect-logs.log" | tr -d '"'
 done_step
