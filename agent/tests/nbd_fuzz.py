@@ -103,18 +103,27 @@ def option(kind: int, data: bytes = b"", length: int | None = None) -> bytes:
     return struct.pack(">QII", IHAVEOPT, kind, len(data) if length is None else length) + data
 
 
-def go_data(name: bytes, infos: Sequence[int] = ()) -> bytes:
+def _raw(text: str | bytes) -> bytes:
+    return text.encode() if isinstance(text, str) else text
+
+
+def go_data(name: str | bytes, infos: Iterable[int] = ()) -> bytes:
+    """NBD_OPT_GO/INFO data: the export's name, then the information requests."""
+    infos = list(infos)
+    raw = _raw(name)
     return (
-        struct.pack(">I", len(name))
-        + name
+        struct.pack(">I", len(raw))
+        + raw
         + struct.pack(">H", len(infos))
         + b"".join(struct.pack(">H", i) for i in infos)
     )
 
 
-def meta_data(name: bytes, queries: Sequence[bytes]) -> bytes:
-    out = struct.pack(">I", len(name)) + name + struct.pack(">I", len(queries))
-    return out + b"".join(struct.pack(">I", len(q)) + q for q in queries)
+def meta_data(name: str | bytes, queries: Iterable[str | bytes]) -> bytes:
+    """NBD_OPT_SET/LIST_META_CONTEXT data: the export's name, then the queries."""
+    raw, wanted = _raw(name), [_raw(q) for q in queries]
+    out = struct.pack(">I", len(raw)) + raw + struct.pack(">I", len(wanted))
+    return out + b"".join(struct.pack(">I", len(q)) + q for q in wanted)
 
 
 def request(command: int, flags: int, handle: int, offset: int, length: int) -> bytes:

@@ -10,12 +10,10 @@ import random
 import socket
 import ssl
 from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
 from fuzzing import Figures, RandomChooser, examples, seed
 from harness import sha256_file, write_random
-from test_replication import Sites
+from test_replication import Sites, sites  # noqa: F401 - the fixture
 from wire_fuzz import mutate, stream
 
 from hvds.replication.wire import FrameType, frame, json_frame
@@ -23,15 +21,6 @@ from hvds.tls import client_context
 
 MiB = 1024 * 1024
 WRONG = [None, True, -1, 1 << 70, 1.5, "x", "", [], {}, ["vpg1"], {"a": 1}, "\udcff"]
-
-
-@pytest.fixture
-def sites(tmp_path: Path) -> Iterator[Sites]:
-    sites = Sites(tmp_path)
-    try:
-        yield sites
-    finally:
-        sites.stop()
 
 
 def send(port: int, context: ssl.SSLContext | None, data: bytes) -> int:
@@ -66,7 +55,7 @@ def hellos() -> Iterator[bytes]:
     yield frame(FrameType.HELLO, b"\xff")
 
 
-def test_the_target_vdsa_survives_garbage_and_lies(sites: Sites) -> None:
+def test_the_target_vdsa_survives_garbage_and_lies(sites: Sites) -> None:  # noqa: F811
     sites.protect({"vm1-disk0": 16 * MiB})
     sites.start()
     uri = sites.host_a.uri("vm1-disk0")

@@ -11,30 +11,29 @@ from pathlib import Path
 
 import pytest
 from harness import sha256_file, wait_for, write_random
-from test_replication import Sites
+from test_replication import Sites, sites  # noqa: F401 - the fixture
 
 MiB = 1024 * 1024
 DISK = 64 * MiB
 
 
 @pytest.fixture
-def sites(tmp_path: Path) -> Iterator[Sites]:
-    sites = Sites(tmp_path)
+def datastore(sites: Sites) -> Iterator[Path]:  # noqa: F811
+    """The target's mirror directory on a 24 MiB tmpfs."""
+    path = sites.vdsa_b.root / "mirrors"
+    path.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(path)], check=True)
     try:
-        yield sites
+        yield path
     finally:
-        sites.stop()
-        datastore = sites.vdsa_b.root / "mirrors"
-        if datastore.is_mount():
-            subprocess.run(["umount", "-l", str(datastore)], check=False)
+        subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 @pytest.mark.skipif(shutil.which("mount") is None, reason="needs mount (root)")
-def test_a_full_mirror_datastore_keeps_the_checkpoint_and_recovers(sites: Sites) -> None:
-    datastore = sites.vdsa_b.root / "mirrors"
-    datastore.mkdir(parents=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(datastore)],
-                   check=True)  # fmt: skip
+def test_a_full_mirror_datastore_keeps_the_checkpoint_and_recovers(
+    sites: Sites,  # noqa: F811
+    datastore: Path,
+) -> None:
     sites.protect({"vm1-disk0": DISK}, checkpoint_interval=0.5)
     sites.start()
     uri = sites.host_a.uri("vm1-disk0")

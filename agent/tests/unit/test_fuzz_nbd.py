@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import random
 import struct
-from collections.abc import Iterator
 
-import pytest
 from fuzzing import DrawChooser, Figures, examples, fuzz_settings, seed, watchdog
 from hypothesis import given
 from hypothesis import strategies as st
@@ -30,14 +28,6 @@ from nbd_fuzz import (
 
 from hvds.nbd.constants import MAX_PAYLOAD, Command, Option
 from hvds.nbd.server import TURN_BYTES, Request
-
-
-@pytest.fixture(scope="module")
-def figures() -> Iterator[dict[str, Figures]]:
-    found: dict[str, Figures] = {}
-    yield found
-    for f in found.values():
-        f.report()
 
 
 def count(figures: dict[str, Figures], name: str, s: Session, checker: SessionChecker) -> None:

@@ -14,7 +14,6 @@ refused). CI-sized by default; the long run is ``make fuzz``."""
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 
 import pytest
 import zstandard
@@ -133,14 +132,6 @@ def feed_link(c: Chooser, data: bytes, valid: bool) -> int:
 
 
 # -- the tests --------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def figures() -> Iterator[dict[str, Figures]]:
-    found: dict[str, Figures] = {}
-    yield found
-    for f in found.values():
-        f.report()
 
 
 @st.composite

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from nbd_fuzz import go_data, meta_data, option
 
 from hvds.nbd.constants import (
     IHAVEOPT,
@@ -57,29 +58,6 @@ def catalog() -> Catalog:
             ExportInfo("ro", SIZE, read_only=True),
         ]
     )
-
-
-def option(kind: int, data: bytes = b"") -> bytes:
-    return struct.pack(">QII", IHAVEOPT, kind, len(data)) + data
-
-
-def go_data(name: str, infos: Iterable[int] = ()) -> bytes:
-    infos = list(infos)
-    encoded = name.encode()
-    return (
-        struct.pack(">I", len(encoded))
-        + encoded
-        + struct.pack(">H", len(infos))
-        + b"".join(struct.pack(">H", i) for i in infos)
-    )
-
-
-def meta_data(name: str, queries: Iterable[str]) -> bytes:
-    queries = list(queries)
-    out = struct.pack(">I", len(name)) + name.encode() + struct.pack(">I", len(queries))
-    for q in queries:
-        out += struct.pack(">I", len(q)) + q.encode()
-    return out
 
 
 def request(command: int, handle: int, offset: int = 0, length: int = 0, flags: int = 0) -> bytes:
