@@ -168,7 +168,7 @@ def test_fifty_ms_more_latency(net: NetSites) -> None:
     for n in range(4):
         net.write(n * 8 * MiB, 2 * MiB)
     far = net.checkpoint("far")
-    assert far >= 0.1 > quick  # a round trip at least, now
+    assert far >= 0.1  # a round trip of the proxy at least, now
     assert net.mirror_matches()
     net.rpo_recovers()
     sent, changed = net.wire() - wire, net.written - written
