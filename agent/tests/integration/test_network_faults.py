@@ -75,10 +75,18 @@ class NetSites:
     def checkpoint(self, tag: str, timeout: float = 60) -> float:
         """A tagged checkpoint once the tap is clean; waits until the target has it. Returns
         the seconds it took to arrive."""
-        wait_for(lambda: self.host.metric("hvds_tap_dirty_bytes", "vm1-disk0") == 0, timeout,
-                 f"every copy acknowledged before {tag}")  # fmt: skip
+
+        def clean() -> bool:  # in write order (no resync under way), every copy acknowledged
+            return bool(
+                self.source.status()["sources"]["vpg1"]["consistent"]
+                and self.host.metric("hvds_tap_dirty_bytes", "vm1-disk0") == 0
+            )
+
+        wait_for(clean, timeout, f"the VPG in sync before {tag}")
         started = time.monotonic()
-        assert self.source.control(op="checkpoint", vpg="vpg1", tag=tag)["taken"]
+        # Refused while a resync the test did not see start (the initial one) is under way.
+        wait_for(lambda: self.source.control(op="checkpoint", vpg="vpg1", tag=tag)["taken"],
+                 timeout, f"checkpoint {tag} taken")  # fmt: skip
 
         def arrived() -> bool:
             listing = self.target.control(op="checkpoints", vpg="vpg1")["checkpoints"]
