@@ -58,6 +58,7 @@ def hellos() -> Iterator[bytes]:
 def test_the_target_vdsa_survives_garbage_and_lies(sites: Sites) -> None:  # noqa: F811
     sites.protect({"vm1-disk0": 16 * MiB})
     sites.start()
+    sites.wait_in_sync(timeout=60)  # the initial sync done: checkpoints are taken
     uri = sites.host_a.uri("vm1-disk0")
     write_random(uri, 0, 2 * MiB, sites.host_a.root)
     sites.tagged_checkpoint("before")

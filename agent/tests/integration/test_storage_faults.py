@@ -36,6 +36,7 @@ def test_a_full_mirror_datastore_keeps_the_checkpoint_and_recovers(
 ) -> None:
     sites.protect({"vm1-disk0": DISK}, checkpoint_interval=0.5)
     sites.start()
+    sites.wait_in_sync(timeout=60)  # the initial sync done: checkpoints are taken
     uri = sites.host_a.uri("vm1-disk0")
     disk = sites.host_a.exports["vm1-disk0"]
     scratch = sites.host_a.root
