@@ -14,7 +14,9 @@ from __future__ import annotations
 import copy
 import io
 import json
+import os
 import re
+import sys
 import threading
 from contextlib import redirect_stdout
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -22,6 +24,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from ansible.utils.collection_loader._collection_finder import _AnsibleCollectionFinder
+
+if not any(isinstance(finder, _AnsibleCollectionFinder) for finder in sys.meta_path):
+    # ansible-test units installs Ansible's collection loader (its pytest plugin), which loading
+    # plugins by their names needs (the inventory plugin's tests); a plain pytest run of the tree
+    # (scripts/ansible-check.sh pytest) installs it here, before any test imports the collection.
+    _AnsibleCollectionFinder(paths=[os.path.abspath(os.path.join(os.path.dirname(__file__), *[".."] * 6))])._install()
+
+from ansible.module_utils import _internal as module_utils_internal
 from ansible.module_utils.common import warnings as ansible_warnings
 from ansible.module_utils.testing import patch_module_args
 
@@ -424,6 +435,9 @@ def run_module(manager, monkeypatch):
     `url` and `token`. Retries do not sleep.
     """
     monkeypatch.setattr("time.sleep", lambda seconds: None)
+    # A module reports its warnings in its result; once controller code is imported in the same
+    # process (the inventory plugin's tests) they would go to the controller's display instead.
+    monkeypatch.setattr(module_utils_internal, "is_controller", False)
 
     def run(module, args, check=False, diff=False, connect=True):
         full = dict(_ansible_check_mode=check, _ansible_diff=diff)
