@@ -127,14 +127,16 @@ class JournalState:
     def live_segments(self) -> set[int]:
         """Segments holding a record still needed; any other can be deleted (every segment's
         metadata is repeated in the snapshot that starts the next one)."""
-        return {n for n, summary in self.segments.items() if self._needs(summary)}
+        needed = set(self.needed_undo().items())
+        return {n for n, summary in self.segments.items() if self._needs(summary, needed)}
 
-    def _needs(self, summary: SegmentSummary) -> str:
-        """What of a segment's records is still needed ("" if nothing)."""
+    def _needs(self, summary: SegmentSummary, needed: set[tuple[int, int]]) -> str:
+        """What of a segment's records is still needed ("" if nothing); ``needed``: the
+        (interval, attempt) pairs of the undo still needed."""
         redo = summary.redo.get(self.epoch)
         if redo is not None and redo[1] > self.applied_seq:
             return f"redo up to seq {redo[1]} not yet on the mirrors"
-        intervals = sorted(i for i, a in summary.undo & set(self.needed_undo().items()))
+        intervals = sorted(i for i, a in summary.undo & needed)
         if intervals:
             return f"the undo of checkpoint {', '.join(map(str, intervals))}"
         return ""
@@ -143,13 +145,15 @@ class JournalState:
         """Segments the last snapshot listed as needed that are not ``present`` and are still
         needed now that every record was replayed (a segment the journal deleted had become
         unneeded by a durable record first): segment -> what it held."""
+        needed = set(self.needed_undo().items())
         found = {}
         for number, summary in self.listed.items():
-            if number not in present and (need := self._needs(summary)):
+            if number not in present and (need := self._needs(summary, needed)):
                 found[number] = need
         return found
 
     def snapshot(self, segment: int) -> Snapshot:
+        needed = set(self.needed_undo().items())
         return Snapshot(
             segment=segment,
             block_size=self.block_size,
@@ -180,7 +184,7 @@ class JournalState:
                     tuple(sorted(summary.undo)),
                 )
                 for number, summary in sorted(self.segments.items())
-                if number < segment and self._needs(summary)
+                if number < segment and self._needs(summary, needed)
             ),
         )
 
