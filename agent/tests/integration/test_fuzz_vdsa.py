@@ -9,13 +9,19 @@ import json
 import random
 import socket
 import ssl
+import subprocess
+import time
 from collections.abc import Iterator
 
 from fuzzing import Figures, RandomChooser, examples, seed
 from harness import sha256_file, write_random
+from nbd_fuzz import request
+from test_fuzz_tap import MemoryWatch, flood
 from test_replication import Sites, sites  # noqa: F401 - the fixture
 from wire_fuzz import mutate, stream
 
+from hvds.nbd.block_server import MAX_QUEUED_BYTES
+from hvds.nbd.constants import Command
 from hvds.replication.wire import FrameType, frame, json_frame
 from hvds.tls import client_context
 
@@ -96,4 +102,27 @@ def test_the_target_vdsa_survives_garbage_and_lies(sites: Sites) -> None:  # noq
     assert sha256_file(sites.vdsa_b.mirror("vm1-disk0")) == sha256_file(
         sites.host_a.exports["vm1-disk0"]
     )
+
+    # Its view server (the same NBD core, nbd/block_server.py): two clients pipeline 9,000
+    # READs of the whole 16 MiB disk each and read no reply; the VDSA's memory stays bounded
+    # and another client still reads a view exactly.
+    view = sites.vdsa_b.control(op="view_open", vpg="vpg1", disk="vm1-disk0", tag="after")
+    socket_path, name = sites.vdsa_b.view_socket, view["export"].encode()
+    reads = b"".join(request(Command.READ, 0, h, 0, 16 * MiB) for h in range(9000))
+    watch = MemoryWatch(sites.vdsa_b.service)
+    floods = []
+    try:
+        floods = [flood(socket_path, name, reads) for _ in range(2)]
+        time.sleep(1)
+        copy = sites.host_a.root / "view.raw"
+        subprocess.run(["nbdcopy", view["uri"], str(copy)], check=True, timeout=60)
+        assert sha256_file(copy) == sha256_file(sites.host_a.exports["vm1-disk0"])
+    finally:
+        for sock in floods:
+            sock.close()
+        watch.stop()
+    assert not watch.killed and sites.vdsa_b.service.proc.poll() is None
+    growth = watch.peak - watch.base
+    figures.extra["view_flood_growth_mib"] = round(growth / MiB, 1)
+    assert growth < 2 * 2 * (16 * MiB + MiB) + 64 * MiB + MAX_QUEUED_BYTES
     figures.report()

@@ -59,6 +59,9 @@ class BackendClient(NbdProtocol):
         self._backend: BlockBackend | None = None
         self._requests: asyncio.Queue[Request | None] = asyncio.Queue()
         self._queued_bytes = 0
+        # Cleared while the client does not take its replies: no reply is built meanwhile.
+        self._writable = asyncio.Event()
+        self._writable.set()
         self._worker: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -69,6 +72,14 @@ class BackendClient(NbdProtocol):
         super().connection_lost(exc)
         if self._worker is not None:
             self._worker.cancel()
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+        super().pause_writing()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+        super().resume_writing()
 
     def _ready(self) -> bool:
         return (
@@ -95,6 +106,7 @@ class BackendClient(NbdProtocol):
 
     async def _serve(self) -> None:
         while (request := await self._requests.get()) is not None:
+            await self._writable.wait()
             self._send(await self._answer(request))
             self._queued_bytes -= len(request.payload or b"")
             self._pump()  # requests held back while the queue was full may come in
