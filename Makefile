@@ -5,7 +5,7 @@ VENV ?= $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: setup test unit integration lint demo bench fuzz ansible-check ansible-units ansible-integration
+.PHONY: setup test unit integration lint demo demo-local bench fuzz ansible-check ansible-units ansible-integration
 
 setup:
 	@bash scripts/setup.sh
@@ -22,7 +22,11 @@ integration: setup
 test: setup lint ansible-check ansible-units ansible-integration
 	cd agent && pytest -q -ra tests
 
-demo: setup
+# The main job: the two-site lab (podman containers) deployed by ansible-playbook, see lab-demo.
+demo: lab-demo
+
+# The same story with every service as a local process, no containers (a minute).
+demo-local: setup
 	bash scripts/demo.sh
 
 # The long fuzz run (docs/reliability.md): a million random NBD sessions and a million random
