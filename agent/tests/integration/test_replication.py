@@ -117,6 +117,9 @@ class Sites:
                 lambda e=export: self.host_a.metric("hvds_tap_dirty_bytes", e) == 0,
                 what="all copies acknowledged",
             )
+        # And the VPG in write order: the tap's RESYNC_DONE may still be on its way.
+        self.host_a.wait_for(lambda: self.vdsa_a.status()["sources"]["vpg1"]["consistent"],
+                             what="the VPG in write order")  # fmt: skip
         answer = self.vdsa_a.control(op="checkpoint", vpg="vpg1", tag=tag, description=tag)
         assert answer["taken"], answer
         return self.wait_for_checkpoint(tag)
