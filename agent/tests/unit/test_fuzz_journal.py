@@ -14,7 +14,7 @@ import pytest
 from fuzzing import Figures, RandomChooser, examples, seed, watchdog
 from journal_fuzz import Damage, Model, build_golden, check, damage
 
-from hvds.journal.segments import list_segments
+from hvds.journal.segments import SegmentScan, list_segments
 
 
 @pytest.fixture(scope="module")
@@ -85,3 +85,30 @@ def test_every_segment_deleted_in_turn_is_refused_or_recovered_exactly(
             missing.append(number)
     shutil.rmtree(work, ignore_errors=True)
     assert len(missing) >= 5, missing  # the segments holding undo of kept checkpoints
+
+
+def test_a_complete_segment_cut_at_a_record_boundary_is_refused(
+    golden: tuple[Path, Path, Model],
+) -> None:
+    """Found by the long fuzz run: a segment other than the last, cut exactly between two
+    records, scanned clean (nothing torn to see) and its lost records went unnoticed; read_at
+    then returned newer data. Snapshots now record the final size of the segments still
+    needed."""
+    crashed, _, model = golden
+    work = crashed.parent / "input-cut"
+    segments = list_segments(crashed / "journal")
+    refused = 0
+    for number, path in segments[:-1]:
+        starts = [item.offset for item in SegmentScan(path)]
+        if len(starts) < 2:
+            continue
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.copytree(crashed, work)
+        with (work / "journal" / path.name).open("r+b") as f:
+            f.truncate(starts[-1])  # the last record gone, the rest intact
+        hurt = Damage()
+        hurt.note(f"cut {path.name}@{starts[-1]}", number, starts[-1])
+        outcome = check(work, model, hurt)
+        refused += outcome.refused is not None and "when it was complete" in outcome.refused
+    shutil.rmtree(work, ignore_errors=True)
+    assert refused >= 5

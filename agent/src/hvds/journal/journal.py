@@ -55,6 +55,7 @@ from hvds.journal.records import (
     RecordType,
     Rollback,
     RollbackDone,
+    Snapshot,
     Undo,
     UndoBegin,
     UndoDone,
@@ -140,7 +141,7 @@ class Journal:
             self.recovery = recover(self.directory, self._store, self._state)
             self._check_disks(disks)
             if not self._store.sizes:
-                self._store.create(1, self._state.snapshot(1))
+                self._store.create(1, self._snapshot(1))
             self._committed_seq = self._state.appended_seq
             self._finish_interrupted(self.recovery)
             self.recovery.last_seq = self.last_seq
@@ -357,6 +358,9 @@ class Journal:
 
     # --- internals: guards --------------------------------------------------------------------
 
+    def _snapshot(self, segment: int) -> Snapshot:
+        return self._state.snapshot(segment, self._store.sizes)
+
     def _check_usable(self) -> None:
         if self._closed:
             raise JournalError("the journal is closed")
@@ -452,7 +456,7 @@ class Journal:
     # --- internals: the log -------------------------------------------------------------------
 
     def _log(self, records: Sequence[Record]) -> None:
-        placed = self._store.append(records, self._state.snapshot)
+        placed = self._store.append(records, self._snapshot)
         for record, (location, size) in zip(records, placed, strict=True):
             self._state.apply(record, location, size)
 
@@ -692,7 +696,7 @@ class Journal:
         current = self._store.current
         if current not in live and not self._store.holds_only_snapshot(current):
             # Start a new segment so that the current one, needed by nothing, can go too.
-            self._store.roll(self._state.snapshot)
+            self._store.roll(self._snapshot)
         freed = 0
         for number in sorted(self._store.sizes):
             if number != self._store.current and number not in live:

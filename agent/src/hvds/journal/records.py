@@ -106,6 +106,7 @@ class SnapshotSegment:
     number: int
     redo: tuple[tuple[int, int, int], ...]  # (epoch, lowest seq, highest seq)
     undo: tuple[tuple[int, int], ...]  # (interval, attempt)
+    size: int = 0  # its final size in bytes (0: not known)
 
 
 @dataclass(frozen=True, slots=True)
@@ -408,7 +409,8 @@ def _encode_snapshot(snap: Snapshot) -> bytes:
         ],
         "disks": [list(d) for d in snap.disks],
         "segments": [
-            [s.number, [list(r) for r in s.redo], [list(u) for u in s.undo]] for s in snap.segments
+            [s.number, [list(r) for r in s.redo], [list(u) for u in s.undo], s.size]
+            for s in snap.segments
         ],
     }
     return json.dumps(doc, separators=(",", ":")).encode()
@@ -437,8 +439,9 @@ def _decode_snapshot(payload: bytes) -> Snapshot:
                 int(n),
                 tuple((int(e), int(lo), int(hi)) for e, lo, hi in redo),
                 tuple((int(i), int(a)) for i, a in undo),
+                int(size[0]) if size else 0,
             )
-            for n, redo, undo in doc.get("segments", [])
+            for n, redo, undo, *size in doc.get("segments", [])
         ),
     )
 

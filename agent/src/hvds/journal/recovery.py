@@ -64,6 +64,15 @@ def recover(directory: Path, store: SegmentStore, state: JournalState) -> Journa
     for number, held in sorted(state.missing(set(sizes)).items()):
         # Reclaimed segments go only once a durable record made them unneeded: this one is lost.
         raise JournalCorrupt(segment_path(directory, number), 0, f"segment missing; it held {held}")
+    for number, size in sorted(state.listed_sizes.items()):
+        # Complete when the next one was started: shorter now means records were lost, even if
+        # it ends on a record boundary (nothing else would show it).
+        if number in sizes and sizes[number] != size:
+            raise JournalCorrupt(
+                segment_path(directory, number),
+                sizes[number],
+                f"segment ends at {sizes[number]}; it held {size} bytes when it was complete",
+            )
     if sizes:
         store.adopt(sizes, bases)
     return report

@@ -329,6 +329,10 @@ class SegmentStore:
                 self._fd = -1
             self._forget(number)
             segment_path(self.directory, number).unlink()
+        if deleted:
+            # Gone for good before the mark's segment is cut: a later one back after a crash
+            # would list it at its old size (recovery checks the sizes of complete segments).
+            fsync_directory(self.directory)
         if self.current != mark.segment:
             reader = self._readers.pop(mark.segment, -1)
             if reader >= 0:
@@ -341,8 +345,6 @@ class SegmentStore:
         self.sizes[self.current] = mark.offset
         self._synced = mark.offset
         self._dirty = False
-        if deleted:
-            fsync_directory(self.directory)
         return deleted
 
     def delete(self, number: int) -> None:

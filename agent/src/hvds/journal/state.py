@@ -7,6 +7,7 @@ believes and what it recovers after a crash are computed by one piece of code.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -81,8 +82,10 @@ class JournalState:
         self._by_id: dict[int, CheckpointState] = {}  # replay looks one up per UNDO record
         self.disks: dict[int, int] = {}
         self.segments: dict[int, SegmentSummary] = {}
-        # The earlier segments the last snapshot replayed said were needed (see missing()).
+        # The earlier segments the last snapshot replayed said were needed (see missing()), and
+        # their final sizes.
         self.listed: dict[int, SegmentSummary] = {}
+        self.listed_sizes: dict[int, int] = {}
         self.undo = UndoIndex(block_size)
 
     # --- queries --------------------------------------------------------------------------
@@ -152,7 +155,9 @@ class JournalState:
                 found[number] = need
         return found
 
-    def snapshot(self, segment: int) -> Snapshot:
+    def snapshot(self, segment: int, sizes: Mapping[int, int] | None = None) -> Snapshot:
+        """The metadata that starts segment ``segment``; ``sizes``: the segments' sizes (those
+        before it are final), recorded with the ones still needed."""
         needed = set(self.needed_undo().items())
         return Snapshot(
             segment=segment,
@@ -182,6 +187,7 @@ class JournalState:
                     number,
                     tuple((e, lo, hi) for e, (lo, hi) in sorted(summary.redo.items())),
                     tuple(sorted(summary.undo)),
+                    (sizes or {}).get(number, 0),
                 )
                 for number, summary in sorted(self.segments.items())
                 if number < segment and self._needs(summary, needed)
@@ -299,5 +305,6 @@ class JournalState:
             s.number: SegmentSummary({e: (lo, hi) for e, lo, hi in s.redo}, set(s.undo))
             for s in snap.segments
         }
+        self.listed_sizes = {s.number: s.size for s in snap.segments if s.size}
         # Undo records before a reclaimed gap may belong to intervals given up since.
         self.undo.retain({c.id: c.attempt for c in self.checkpoints})
