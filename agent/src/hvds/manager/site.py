@@ -171,6 +171,7 @@ class SiteManager:
         """Validate, store (a new VPG, or new settings of ``existing``) and set it up at its
         sites in an ``initial_sync`` command."""
         await self.validate(session, spec, existing)
+        before = set(source_hosts(existing.spec)) if existing is not None else set()
         vpg = existing or Vpg(name=spec.name, spec={}, disk_ids={}, links=[])
         vpg.spec = spec.model_dump(mode="json")
         vpg.updated_at = utcnow()
@@ -179,6 +180,14 @@ class SiteManager:
         session.execute(delete(VpgMember).where(VpgMember.vpg == vpg.name))
         session.add_all(VpgMember(vpg=vpg.name, vm=vm["name"]) for vm in vpg.spec["vms"])
         session.commit()
+        # Hosts that no longer serve its disks (a VM moved) let go first: two hosts feeding one
+        # journal would take turns, each turn a comparison of the disks by hash.
+        for host in sorted(before - set(source_hosts(vpg.spec))):
+            try:
+                await self.push(host)
+            except VdsaError as exc:
+                log.warning("host %s keeps VPG %s until it can be reached: %s", host, vpg.name, exc)
+                self.push_soon(host)
         self.commands.start("initial_sync", vpg.name, partial(self._configure, vpg.name))
         return vpg
 
