@@ -20,6 +20,7 @@ class TwoSites:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.extra_hosts: list[tuple[Lab, Vdsa]] = []
+        self.tap_settings: dict[str, Any] = {}  # more [tap] settings of a1's tap
         ca = CertificateAuthority(root / "pki")
         self.ca = ca
         self.manager_a = Manager(root / "manager-a", "site-a", ca.issue("manager-a", ["127.0.0.1"]))
@@ -71,7 +72,7 @@ class TwoSites:
         self.manager_b.start()
         self.vdsa_b.start()
         self.vdsa_a.start()
-        self.tap.start_tap(vdsa_socket=str(self.vdsa_a.tap_socket))
+        self.tap.start_tap(vdsa_socket=str(self.vdsa_a.tap_socket), **self.tap_settings)
 
     def pair(self) -> None:
         pairing = self.manager_b.ok("POST", "/pairing-tokens", self.admin_b)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,19 @@ from test_cli import Cli
 from hvds.manager.auth import digest
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def sites(tmp_path: Path) -> Iterator[TwoSites]:
+    """Host a1's tap and VDSA also write their logs to files (as without systemd)."""
+    sites = TwoSites(tmp_path)
+    sites.vdsa_a.settings["log_file"] = str(tmp_path / "a1" / "log" / "vdsa.log")
+    sites.tap_settings["log_file"] = str(tmp_path / "a1" / "log" / "tap.log")
+    try:
+        sites.start()
+        yield sites
+    finally:
+        sites.stop()
 
 
 def secrets_of(sites: TwoSites) -> dict[str, str]:
@@ -46,6 +60,12 @@ def test_a_log_bundle_holds_the_state_and_no_secret(sites: TwoSites, tmp_path: P
     viewer = a.token("auditor", "viewer")
     secrets = {**secrets_of(sites), "viewer": viewer, "unused pairing token": pairing["token"]}
     assert len(secrets) >= 14, sorted(secrets)
+    # A leak in a host's log, as a careless line would make it: the host's token and its TLS
+    # key. The bundle carries the line, and neither of them.
+    log_dir = sites.root / "a1" / "log"
+    with (log_dir / "vdsa.log").open("a") as f:
+        f.write(f"leak: token {secrets['host token a1']} key "
+                f"{Path(sites.vdsa_a.tls.key).read_text()}\n")  # fmt: skip
 
     started = a.ok("POST", "/logs", sites.admin_a)
     assert started["kind"] == "log_collection" and started["status"] == "running"
@@ -66,7 +86,7 @@ def test_a_log_bundle_holds_the_state_and_no_secret(sites: TwoSites, tmp_path: P
     expected = {"manifest.json", "manager/log.txt", "manager/config.json",
                 "manager/db/vpgs.json", "manager/db/peers.json", "manager/db/tokens.json",
                 "manager/db/hosts.json", "manager/db/commands.json", "manager/db/audit.json",
-                "hosts/a1/status.json"}  # fmt: skip
+                "hosts/a1/status.json", "hosts/a1/tap.log", "hosts/a1/vdsa.log"}  # fmt: skip
     assert expected <= set(files), sorted(set(files))
     manifest = json.loads(files["manifest.json"])
     assert manifest["site"] == "site-a" and sorted(manifest["files"]) == sorted(
@@ -81,6 +101,17 @@ def test_a_log_bundle_holds_the_state_and_no_secret(sites: TwoSites, tmp_path: P
     assert {t["digest"] for t in tokens} == {"<redacted>"}
     assert "hvds.manager" in files["manager/log.txt"]
     assert json.loads(files["manager/config.json"])["manager"]["site"] == "site-a"
+    # The hosts' logs: lines their processes really logged, read from the files they write.
+    assert manifest["host_logs"] == {"a1": {"tap": f"file:{log_dir / 'tap.log'}",
+                                            "vdsa": f"file:{log_dir / 'vdsa.log'}"}}  # fmt: skip
+    logged = {"tap": "hvds.tap.link INFO connected to VDSA at ",
+              "vdsa": "hvds.vdsa.service INFO source role: taps connect to "}  # fmt: skip
+    for service, line in logged.items():
+        bundled = files[f"hosts/a1/{service}.log"].splitlines()
+        assert any(line in entry for entry in bundled), (service, bundled[:20])
+        written = (log_dir / f"{service}.log").read_text().splitlines()
+        assert set(bundled) - set(written) <= {"leak: token <redacted> key <redacted>"}
+    assert "leak: token <redacted> key <redacted>" in files["hosts/a1/vdsa.log"]
 
     everything = "\n".join(files.values())
     leaked = [what for what, secret in secrets.items() if secret in everything]

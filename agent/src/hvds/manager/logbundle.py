@@ -1,5 +1,5 @@
-"""Log bundles: the manager's recent log and state, and every host's VDSA status, in one
-tar.gz for a support case, with secrets taken out (decision 0015).
+"""Log bundles: the manager's recent log and state, and every host's VDSA status and logs, in
+one tar.gz for a support case, with secrets taken out (decision 0015).
 
 What a bundle holds:
 
@@ -8,7 +8,10 @@ What a bundle holds:
     manager/config.json        its configuration (paths of keys, never their content)
     manager/db/<table>.json    every row of every table, secret columns replaced
     hosts/<host>/status.json   each host's VDSA status (control socket op "status")
+    hosts/<host>/tap.log       the last MiB of its tap's log (op "logs": the tap's log_file,
+    hosts/<host>/vdsa.log      else the journal of hvds-tap.service), and of its VDSA's
     hosts/<host>/error.txt     instead, when the VDSA could not be asked
+    hosts/<host>/logs-error.txt   instead of the logs, when they could not be had
 
 Secrets never reach a bundle: API token and pairing token digests and peer tokens are replaced
 column by column, and every file then goes through a scrubber that replaces anything shaped as
@@ -42,6 +45,7 @@ log = logging.getLogger(__name__)
 RECENT_LINES = 20_000
 KEEP_BUNDLES = 10
 HOST_TIMEOUT = 10.0
+LOGS_TIMEOUT = 30.0  # a host's logs may come from its journal
 REDACTED = "<redacted>"
 # Columns whose values are secrets, or digests of secrets: replaced, whatever their content.
 SECRET_COLUMNS = {
@@ -128,12 +132,25 @@ def _jsonable(value: Any) -> Any:
     return repr(value)
 
 
-async def _host_status(site: SiteManager, host: str) -> tuple[str, str]:
+async def _host_files(site: SiteManager, host: str) -> tuple[dict[str, str], dict[str, str]]:
+    """A host's files in the bundle: its VDSA's status and the tails of its tap's and VDSA's
+    logs (or why they could not be had); and where each log was read."""
+    files: dict[str, str] = {}
     try:
         answer = await asyncio.wait_for(site.control(host, {"op": "status"}), HOST_TIMEOUT)
+        files["status.json"] = _dump(answer)
     except (VdsaError, TimeoutError) as exc:
-        return "error.txt", f"{exc or 'no answer in time'}\n"
-    return "status.json", _dump(answer)
+        files["error.txt"] = f"{exc or 'no answer in time'}\n"
+        return files, {}  # not reached: its logs would not be either
+    try:
+        answer = await asyncio.wait_for(site.control(host, {"op": "logs"}), LOGS_TIMEOUT)
+        logs = answer["logs"]
+        for service in ("tap", "vdsa"):
+            files[f"{service}.log"] = str(logs[service]["text"])
+        return files, {service: str(logs[service]["source"]) for service in ("tap", "vdsa")}
+    except (VdsaError, TimeoutError, KeyError, TypeError) as exc:
+        files["logs-error.txt"] = f"{exc or 'no answer in time'}\n"
+        return files, {}
 
 
 def bundle_dir(site: SiteManager) -> Path:
@@ -145,19 +162,20 @@ async def collect(site: SiteManager, progress: Progress) -> dict[str, Any]:
     tables, secrets = await asyncio.to_thread(_rows, site)
     progress(30)
     hosts = sorted(row["name"] for row in tables.get(Host.__tablename__, []))
-    answers = await asyncio.gather(*(_host_status(site, host) for host in hosts))
+    answers = await asyncio.gather(*(_host_files(site, host) for host in hosts))
     progress(70)
     files: dict[str, str] = {
         "manager/log.txt": "\n".join(RECENT.lines) + "\n",
         "manager/config.json": _dump(site.config.model_dump(mode="json")),
     }
     files.update({f"manager/db/{table}.json": _dump(rows) for table, rows in tables.items()})
-    for host, (name, text) in zip(hosts, answers, strict=True):
-        files[f"hosts/{host}/{name}"] = text
+    for host, (host_files, _sources) in zip(hosts, answers, strict=True):
+        files.update({f"hosts/{host}/{name}": text for name, text in host_files.items()})
     made = utcnow()
     files["manifest.json"] = _dump({
         "site": site.name, "version": __version__, "created_at": made,
         "files": sorted(files), "hosts": hosts,
+        "host_logs": {host: answer[1] for host, answer in zip(hosts, answers, strict=True)},
         "redacted": {"columns": {t: sorted(c) for t, c in SECRET_COLUMNS.items()},
                      "everywhere": "hvds tokens, PEM private keys, every secret of the database"},
     })  # fmt: skip

@@ -8,6 +8,7 @@ state_dir = "/var/lib/hvds/tap"         # dirty-block bitmaps
 metrics = "127.0.0.1:9711"              # Prometheus endpoint; omit to disable
 
 exports_dir = "/var/lib/hvds/tap/exports.d"   # drop-in files, see below
+log_file = "/var/log/hvds/tap.log"      # also log here; omit under systemd (the journal)
 
 [[export]]
 name = "vm1-disk0"
@@ -47,6 +48,8 @@ class TapSettings(StrictModel):
     link_buffer_bytes: Annotated[int, Field(ge=1024 * 1024)] = 64 * 1024 * 1024
     tap_id: str = ""
     exports_dir: Path | None = None
+    # Also write the log here (besides stderr); the VDSA reads it for the manager's bundles.
+    log_file: Path | None = None
 
     @field_validator("tcp", "metrics", mode="before")
     @classmethod

@@ -22,6 +22,7 @@ from pathlib import Path
 import uvloop
 from prometheus_client import REGISTRY, start_http_server
 
+from hvds import logfile
 from hvds.files import write_atomic
 from hvds.settings import ConfigError
 from hvds.tap.config import SERVED_FILE, TapConfig, load_config, served_exports
@@ -162,14 +163,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, required=True, help="TOML configuration file")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s"
-    )
+    logfile.setup(args.log_level)
     try:
         config = load_config(args.config)
         served_exports(config)  # the drop-ins too: refuse to start on a bad one
+        if config.tap.log_file is not None:
+            logfile.also_to(config.tap.log_file)
     except ConfigError as exc:
         print(f"hvds-tap: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"hvds-tap: log_file: {exc}", file=sys.stderr)
         return 2
     try:
         uvloop.run(serve(args.config, config))

@@ -9,6 +9,7 @@ host's tap serves, target for the VPGs replicated to this host.
     listen = "0.0.0.0:5400"                # source VDSAs of other sites connect here (target)
     journal_dir = "/var/lib/hvds/journal"
     metrics = "127.0.0.1:9712"
+    log_file = "/var/log/hvds/vdsa.log"     # also log here; omit under systemd (the journal)
 
     [tls]                                  # mutual TLS between VDSAs
     ca = "/etc/hvds/pki/ca.pem"
@@ -153,6 +154,9 @@ class VdsaSettings(StrictModel):
     vm_accel: str = "kvm:tcg"
     # The recovery scripts a VPG may name (pre_script, post_script); none may run without it.
     scripts_dir: Path | None = None
+    # Also write the log here (it goes to stderr, the journal under systemd, all the same);
+    # the manager's log bundles read this host's logs here, else from the journal.
+    log_file: Path | None = None
 
     @field_validator("listen", "metrics", "control_listen", mode="before")
     @classmethod

@@ -28,6 +28,7 @@ from typing import Any
 import uvloop
 from prometheus_client import REGISTRY, start_http_server
 
+from hvds import logfile
 from hvds.analyzer.cli import main as analyzer_main
 from hvds.pki import CertificateAuthority
 from hvds.settings import ConfigError
@@ -141,9 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         return analyzer_main(arguments[1:])  # its own options: hvds-vdsa analyze --help
     parser = _parser()
     args = parser.parse_args(arguments)
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s"
-    )
+    logfile.setup(args.log_level)
     if args.command == "checkpoint":
         message = {
             "op": "checkpoint",
@@ -170,7 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config)
         config.with_managed(load_managed(config.vdsa.managed_config))  # fails here, not later
-    except (ConfigError, ValueError) as exc:
+        if config.vdsa.log_file is not None:
+            logfile.also_to(config.vdsa.log_file)
+    except (ConfigError, ValueError, OSError) as exc:
         print(f"hvds-vdsa: {exc}", file=sys.stderr)
         return 2
     uvloop.run(run_service(config))

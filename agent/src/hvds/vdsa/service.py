@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import itertools
 import logging
@@ -16,10 +17,13 @@ from hvds.analyzer.debugfs import DebugfsError
 from hvds.files import write_atomic
 from hvds.journal import Checkpoint, JournalError
 from hvds.journal.records import MAX_TEXT
+from hvds.logfile import read_log
 from hvds.nbd.server import ExportInfo
 from hvds.recovery.files import nbd_as_file, read_file
 from hvds.recovery.view import CheckpointView
 from hvds.recovery.vm import VmBoot, Vms, run_script
+from hvds.settings import ConfigError
+from hvds.tap.config import load_config as load_tap_config
 from hvds.tls import client_context, server_context
 from hvds.vdsa.analysis import keep_analyzing, summary
 from hvds.vdsa.config import ManagedVpgs, VdsaConfig
@@ -164,6 +168,7 @@ class VdsaService:
             "view_close": self._view_close,
             "release": self._release,
             "status": self.status,
+            "logs": self._logs,
             "configure": self._configure,
             "failover": self._failover,
             "failover_rollback": self._failover_rollback,
@@ -399,6 +404,19 @@ class VdsaService:
         """Serve disks recovered here (name -> image) through this host's tap."""
         disks = {str(name): str(path) for name, path in request["disks"].items()}
         return {"uris": await self.tap_exports.publish(str(request["group"]), disks)}
+
+    async def _logs(self, _request: dict[str, Any]) -> dict[str, Any]:
+        """The tails of this host's tap and VDSA logs (for the manager's log bundles): each
+        service's log_file, else its unit's journal; at most logfile.TAIL_BYTES each."""
+        tap_log = None
+        path = self.config.vdsa.tap_config
+        if path is not None:
+            with contextlib.suppress(ConfigError):  # then the journal, if any
+                tap_log = load_tap_config(path).tap.log_file
+        return {"logs": {
+            "tap": await read_log("hvds-tap.service", tap_log),
+            "vdsa": await read_log("hvds-vdsa.service", self.config.vdsa.log_file),
+        }}  # fmt: skip
 
     def _source(self, request: dict[str, Any]) -> VpgSource:
         name = str(request["vpg"])

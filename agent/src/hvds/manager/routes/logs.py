@@ -18,7 +18,8 @@ router = APIRouter(tags=["logs"])
 @router.post("/logs", response_model=CommandOut, status_code=202)
 async def collect_logs(site: Site, _caller: Admin) -> CommandRow:
     """Start a ``log_collection`` command: the manager's log and state and every host's VDSA
-    status, secrets redacted, in a tar.gz that ``GET /commands/{id}/bundle`` downloads."""
+    status and tap and VDSA logs, secrets redacted, in a tar.gz that
+    ``GET /commands/{id}/bundle`` downloads."""
     return site.commands.start("log_collection", None, partial(collect, site))
 
 
