@@ -32,6 +32,7 @@ QEMU = "qemu-system-x86_64"
 
 _ACTION_RE = re.compile(r"read|write:(0|[1-9][0-9]{0,14}):(0|[1-9][0-9]{0,14})")
 _RESULT_RE = re.compile(r"HVDS-RESULT: ([^\r\n]*)")
+_TICK_RE = re.compile(r"HVDS-TICK: name=[a-z0-9_-]+ tick=([0-9]+)")
 _FILL_ALPHABET = b"abcdefghijklmnopqrstuvwxyz"
 _CONSOLE_TAIL_LINES = 40
 
@@ -139,32 +140,9 @@ def run_guest(
     if not qemu_available():
         raise GuestError(f"{QEMU} is not installed")
 
-    append = f"console=ttyS0 panic=-1 hvds.action={action}"
-    if read_bytes is not None:
-        append += f" hvds.bytes={read_bytes}"
-    drive = f"file={drive_uri.replace(',', ',,')},format=raw,if=virtio"
-    if cache is not None:
-        drive += f",cache={cache}"
-
     with tempfile.TemporaryDirectory(prefix="hvds-guest-") as tmp:
         log = console_log if console_log is not None else Path(tmp) / "console.log"
-        log.unlink(missing_ok=True)
-        argv = [
-            QEMU,
-            "-machine", "accel=tcg",
-            "-m", "256",
-            "-smp", "1",
-            "-nodefaults",
-            "-no-user-config",
-            "-display", "none",
-            "-monitor", "none",
-            "-serial", f"file:{log}",
-            "-no-reboot",
-            "-kernel", str(image.kernel),
-            "-initrd", str(image.initramfs),
-            "-append", append,
-            "-drive", drive,
-        ]  # fmt: skip
+        argv = guest_argv(image, drive_uri, action, log, cache=cache, read_bytes=read_bytes)
         start = time.monotonic()
         proc = subprocess.Popen(
             argv,
@@ -202,6 +180,72 @@ def run_guest(
                 f"guest reported {result!r} ({action}, {drive_uri})" + _describe(qemu_output, log)
             )
         return GuestRun(result=result, console=console, seconds=seconds)
+
+
+def guest_argv(
+    image: GuestImage,
+    drive_uri: str,
+    action: str,
+    console_log: Path,
+    *,
+    cache: str | None = "none",
+    read_bytes: int | None = None,
+    interval: float | None = None,
+) -> list[str]:
+    """QEMU's command line for one boot of the guest (the console goes to ``console_log``,
+    emptied first)."""
+    append = f"console=ttyS0 panic=-1 hvds.action={action}"
+    if read_bytes is not None:
+        append += f" hvds.bytes={read_bytes}"
+    if interval is not None:
+        append += f" hvds.interval={interval:g}"
+    drive = f"file={drive_uri.replace(',', ',,')},format=raw,if=virtio"
+    if cache is not None:
+        drive += f",cache={cache}"
+    console_log.unlink(missing_ok=True)
+    return [
+        QEMU,
+        "-machine", "accel=tcg",
+        "-m", "256",
+        "-smp", "1",
+        "-nodefaults",
+        "-no-user-config",
+        "-display", "none",
+        "-monitor", "none",
+        "-serial", f"file:{console_log}",
+        "-no-reboot",
+        "-kernel", str(image.kernel),
+        "-initrd", str(image.initramfs),
+        "-append", append,
+        "-drive", drive,
+    ]  # fmt: skip
+
+
+def start_ticker(
+    image: GuestImage, drive_uri: str, name: str, console_log: Path, interval: float = 1.0
+) -> subprocess.Popen[bytes]:
+    """Boot the guest's ``ticker:<name>`` action (a VM that keeps writing, as the lab's VMs do)
+    and return QEMU's process; it runs until killed. Its console lines are
+    ``HVDS-RESULT: ticks <N> intact`` (what it found on the disk at boot) then
+    ``HVDS-TICK: name=<name> tick=<n>`` for each durable tick; see :func:`ticker_block`."""
+    argv = guest_argv(image, drive_uri, f"ticker:{name}", console_log, interval=interval)
+    return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+
+
+def ticker_block(name: str, tick: int) -> bytes:
+    """The 4 KiB block the ``ticker:<name>`` action writes at block ``tick`` (ticks from 1)."""
+    return f"hvds-ticker name={name} tick={tick}\n".encode().ljust(BLOCK_SIZE, b"\0")
+
+
+def read_console(console_log: Path) -> str:
+    """What the guest printed so far ("" before QEMU made the file)."""
+    return console_log.read_text(errors="replace") if console_log.exists() else ""
+
+
+def last_tick(console_log: Path) -> int:
+    """The last tick a ticker guest reported durable on its console (0 before the first)."""
+    ticks = _TICK_RE.findall(read_console(console_log))
+    return int(ticks[-1]) if ticks else 0
 
 
 def _describe(qemu_output: str, log: Path) -> str:

@@ -24,6 +24,12 @@
 #       (agent/tests/guest.py:expected_block reproduces this byte for byte.)
 #   hvds.action=read  prints "HVDS-RESULT: sha256 <hex>" of the first hvds.bytes= bytes of
 #       /dev/vda (default: the whole device).
+#   hvds.action=ticker:<name>  a VM that keeps writing (the lab's VMs): counts the ticks already
+#       on the disk (block n = "hvds-ticker name=<name> tick=<n>\n" zero-padded to 4096 bytes,
+#       n = 1, 2, ...), prints "HVDS-RESULT: ticks <N> intact" (or an error if they do not run
+#       1..N without a gap), then writes tick N+1, N+2, ... each with fsync, one every
+#       hvds.interval= seconds (default 1), printing "HVDS-TICK: name=<name> tick=<n>"; it never
+#       powers off by itself.
 #   Any failure prints "HVDS-RESULT: error <reason>".
 set -euo pipefail
 
@@ -42,7 +48,7 @@ for tool in apt-get apt-cache dpkg-deb cpio gzip xz flock sha256sum; do
 done
 [[ -x $BUSYBOX ]] || die "no busybox at $BUSYBOX (install busybox-static)"
 APPLETS=$("$BUSYBOX" --list) || die "$BUSYBOX does not look like busybox"
-for applet in sh mount insmod dmesg sleep blockdev printf wc yes tr head dd sync sha256sum poweroff; do
+for applet in sh mount insmod dmesg sleep blockdev printf wc yes tr head dd sync sha256sum poweroff grep awk; do
     grep -qx "$applet" <<<"$APPLETS" || die "$BUSYBOX lacks the applet $applet"
 done
 
@@ -171,10 +177,12 @@ done
 
 ACTION=
 BYTES=
+INTERVAL=
 for arg in $(cat /proc/cmdline); do
     case $arg in
         hvds.action=*) ACTION=${arg#hvds.action=} ;;
         hvds.bytes=*) BYTES=${arg#hvds.bytes=} ;;
+        hvds.interval=*) INTERVAL=${arg#hvds.interval=} ;;
     esac
 done
 
@@ -219,6 +227,38 @@ case $ACTION in
             sum=$(sha256sum </dev/vda) || fail "read /dev/vda"
         fi
         result "sha256 ${sum%% *}"
+        ;;
+    ticker:*)
+        # A VM that keeps working: tick n goes to block n (a line, zero-padded to 4 KiB), each
+        # made durable (fsync) before the next. On boot it first counts the ticks already on
+        # the disk: they must run 1, 2, ... N with no gap (what a crash-consistent copy of the
+        # disk at any instant holds), then it goes on from N+1 until it is stopped.
+        name=${ACTION#ticker:}
+        case $name in '' | *[!a-z0-9_-]*) fail "bad ticker name '$name'" ;; esac
+        [ ${#name} -le 63 ] || fail "ticker name longer than 63 characters"
+        interval=${INTERVAL:-1}
+        blocks=$((SIZE / 4096))
+        # grep finds nothing on a new disk: not an error (pipefail is on).
+        found=$(dd if=/dev/vda bs=1M 2>/dev/null | { grep -a -o "hvds-ticker name=$name tick=[0-9]*" || true; } \
+            | awk -F= 'BEGIN { n = 0 } $NF == n + 1 { n++; next } { bad = 1; exit } END { if (bad) print "gap after " n; else print n }') \
+            || fail "cannot read /dev/vda"
+        case $found in
+            gap*) result "error ticks out of order: $found" ; finish ;;
+        esac
+        echo "HVDS-TICKER: name=$name found=$found"
+        result "ticks $found intact"
+        n=$((found + 1))
+        while [ $n -lt "$blocks" ]; do
+            { printf 'hvds-ticker name=%s tick=%s\n' "$name" "$n"; head -c 4096 /dev/zero; } \
+                | head -c 4096 >/tmp/blk
+            dd if=/tmp/blk of=/dev/vda bs=4096 seek=$n count=1 conv=notrunc,fsync 2>/dev/null \
+                || { echo "HVDS-TICKER: name=$name write of tick $n failed"; sleep "$interval"; continue; }
+            echo "HVDS-TICK: name=$name tick=$n"
+            n=$((n + 1))
+            sleep "$interval"
+        done
+        echo "HVDS-TICKER: name=$name disk full at tick $n"
+        while :; do sleep 3600; done
         ;;
     '') fail "no hvds.action= on the kernel command line" ;;
     *) fail "unknown hvds.action '$ACTION'" ;;
