@@ -34,7 +34,7 @@ def promtool(*args: str) -> str:
 
 
 def test_promtool_checks_the_rules_and_their_unit_tests() -> None:
-    assert "SUCCESS: 9 rules found" in promtool("check", "rules", RULES.name)
+    assert "SUCCESS: 11 rules found" in promtool("check", "rules", RULES.name)
     assert "SUCCESS" in promtool("test", "rules", "hvds-alerts.test.yml")
 
 

@@ -19,6 +19,7 @@ from hvds.journal.model import (
     JournalUsage,
     JournalWrite,
     JournalZero,
+    MirrorFull,
     TruncatedTail,
 )
 
@@ -35,5 +36,6 @@ __all__ = [
     "JournalUsage",
     "JournalWrite",
     "JournalZero",
+    "MirrorFull",
     "TruncatedTail",
 ]

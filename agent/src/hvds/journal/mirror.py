@@ -8,7 +8,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
 from hvds.disk import Disk
-from hvds.journal.model import DiskSpec, JournalFull
+from hvds.journal.model import DiskSpec, MirrorFull
 from hvds.journal.segments import fsync_directory
 from hvds.nbd.constants import AllocationFlag
 
@@ -136,5 +136,5 @@ def _no_space_is_full(spec: DiskSpec) -> Iterator[None]:
         yield
     except OSError as exc:
         if exc.errno in _NO_SPACE:
-            raise JournalFull(f"mirror {spec.mirror} of disk {spec.name}: {exc.strerror}") from exc
+            raise MirrorFull(f"mirror {spec.mirror} of disk {spec.name}: {exc.strerror}") from exc
         raise

@@ -114,6 +114,12 @@ class JournalFull(JournalError):  # noqa: N818
     """
 
 
+class MirrorFull(JournalFull):
+    """The mirrors' file system (their datastore) has no room: the journal holds the entries,
+    but a checkpoint cannot be brought to the mirrors until there is room. Not the journal's
+    own space: freeing journal space or raising its limit does not help."""
+
+
 class JournalCorrupt(JournalError):  # noqa: N818
     """A record that was made durable fails its check: the journal cannot be trusted past it."""
 

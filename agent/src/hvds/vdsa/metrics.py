@@ -55,6 +55,11 @@ class VdsaCollector(Collector):
             "1 while the target refuses writes because its journal is full",
             labels=link_labels,
         )
+        mirror_full = GaugeMetricFamily(
+            "hvds_vdsa_target_mirror_full",
+            "1 while the target refuses writes because its mirrors' datastore is full",
+            labels=link_labels,
+        )
         consistent = GaugeMetricFamily(
             "hvds_vdsa_vpg_consistent",
             "0 while a resync keeps the VPG from taking checkpoints",
@@ -72,11 +77,12 @@ class VdsaCollector(Collector):
                 deduplicated.add_metric(labels, stats.bytes_deduplicated)
                 wire.add_metric(labels, stats.bytes_on_wire)
                 journal_full.add_metric(labels, int(stats.target_journal_full))
+                mirror_full.add_metric(labels, int(stats.target_mirror_full))
             checkpoints.add_metric([source.name], source.checkpoints_taken)
             held.add_metric([source.name], source.held_bytes)
             consistent.add_metric([source.name], int(source.consistent))
-        yield from (rpo, up, written, deduplicated, wire, journal_full, checkpoints, held)
-        yield consistent
+        yield from (rpo, up, written, deduplicated, wire, journal_full, mirror_full)
+        yield from (checkpoints, held, consistent)
 
     def _target(self) -> Iterator[Metric]:
         used = GaugeMetricFamily("hvds_vdsa_journal_bytes", "Journal space in use", labels=["vpg"])
@@ -92,7 +98,15 @@ class VdsaCollector(Collector):
             "hvds_vdsa_journal_checkpoints", "Checkpoints that can be recovered", labels=["vpg"]
         )
         full = GaugeMetricFamily(
-            "hvds_vdsa_journal_full", "1 while the journal refuses writes (alert)", labels=["vpg"]
+            "hvds_vdsa_journal_full",
+            "1 while the journal refuses writes: its size limit or its file system (alert)",
+            labels=["vpg"],
+        )
+        mirror_full = GaugeMetricFamily(
+            "hvds_vdsa_mirror_full",
+            "1 while the mirrors' datastore is full: checkpoints wait, the source is refused "
+            "(alert)",
+            labels=["vpg"],
         )
         history = GaugeMetricFamily(
             "hvds_vdsa_journal_history_seconds",
@@ -109,6 +123,7 @@ class VdsaCollector(Collector):
             pending.add_metric([name], usage.pending_redo_bytes)
             kept.add_metric([name], usage.checkpoints)
             full.add_metric([name], int(state.journal_full))
+            mirror_full.add_metric([name], int(state.mirror_full))
             if usage.oldest_checkpoint_time_ns:
                 history.add_metric([name], (now - usage.oldest_checkpoint_time_ns) / 1e9)
-        yield from (used, limit, pending, kept, full, history)
+        yield from (used, limit, pending, kept, full, mirror_full, history)

@@ -450,6 +450,7 @@ class VdsaService:
                         "bytes_deduplicated": link.stats.bytes_deduplicated,
                         "bytes_on_wire": link.stats.bytes_on_wire,
                         "checkpoint_time_ns": link.stats.checkpoint_time_ns,
+                        "target_full": link.stats.target_full,
                     }
                     for link in source.links
                 },
@@ -467,6 +468,7 @@ class VdsaService:
                 else {"id": latest.id, "seq": latest.seq, "time_ns": latest.time_ns,
                       "tag": latest.tag},
                 "analysis": summary(state.analysis) if state.analysis else None,
+                "full": state.full,
             }  # fmt: skip
         for label, reason in self.failed.items():
             targets[label] = {"failed": reason}

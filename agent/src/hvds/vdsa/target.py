@@ -28,6 +28,7 @@ from hvds.journal import (
     JournalUsage,
     JournalWrite,
     JournalZero,
+    MirrorFull,
 )
 from hvds.replication.dedup import MIN_DEDUP_BYTES, BlockCache, block_hash
 from hvds.replication.stream import FrameStream
@@ -72,8 +73,18 @@ class TargetVpgState:
     views_open: int = 0  # point-in-time views being served from this journal
     # The data analyzer's reports on the mirrors (see analysis.py).
     analysis: dict[str, Any] = field(default_factory=dict)
-    # The last batch did not fit: the source is refused until the journal has room (alert).
-    journal_full: bool = False
+    # Why the source is refused until there is room (an alert): None, "journal" (the journal's
+    # size limit or its own file system: no write fits) or "mirror" (the mirrors' datastore:
+    # the writes are journaled but no checkpoint can be brought to the mirrors).
+    full: str | None = None
+
+    @property
+    def journal_full(self) -> bool:
+        return self.full == "journal"
+
+    @property
+    def mirror_full(self) -> bool:
+        return self.full == "mirror"
 
     def resume_point(self) -> tuple[int, bool]:
         """The last durable sequence, and whether the journal is fresh: it has nothing of the
@@ -101,6 +112,11 @@ class TargetVpgState:
     @property
     def label(self) -> str:
         return journal_label(self.config.name, self.source)
+
+
+def full_reason(exc: JournalFull) -> str:
+    """What is full: "mirror" (the mirrors' datastore) or "journal" (its limit or its disk)."""
+    return "mirror" if isinstance(exc, MirrorFull) else "journal"
 
 
 def journal_label(vpg: str, source: str) -> str:
@@ -139,9 +155,12 @@ class TargetServer:
         try:
             await self._session(reader, writer)
         except JournalFull as exc:
-            log.error("source %s: journal full, refusing further writes: %s", peer, exc)
+            full = full_reason(exc)
+            what = "mirror datastore full" if full == "mirror" else "journal full"
+            log.error("source %s: %s, refusing further writes: %s", peer, what, exc)
             with contextlib.suppress(Exception):
-                message = {"error": f"journal full: {exc}", "journal_full": True}
+                # journal_full: what sources before the "full" reason read (they back off).
+                message = {"error": f"{what}: {exc}", "journal_full": True, "full": full}
                 writer.write(json_frame(FrameType.ERROR, message))
                 await writer.drain()
         except (ReplicationProtocolError, ValueError) as exc:
@@ -305,6 +324,8 @@ class BatchApplier:
                         time_ns=int(info["time_ns"]),
                         seq=entry.seq,
                     )
+                    # The mirrors took this checkpoint and every one pending before it.
+                    self._vpg.full = None
                     if not self._vpg.views_open:
                         # History past the retention window or the size limit; kept while a
                         # view may be reading it (only a full journal reclaims it then).
@@ -312,9 +333,12 @@ class BatchApplier:
                 else:
                     records.append(self._record(entry))
             journal.append(records)
-            self._vpg.journal_full = False
-        except JournalFull:
-            self._vpg.journal_full = True
+            if self._vpg.full == "journal":
+                # Writes fit again. A full mirror datastore is not over until a checkpoint
+                # is applied: batches of writes alone still go into the journal meanwhile.
+                self._vpg.full = None
+        except JournalFull as exc:
+            self._vpg.full = full_reason(exc)
             raise
         finally:
             journal.commit()

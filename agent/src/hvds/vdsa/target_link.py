@@ -61,7 +61,17 @@ class LinkStats:
     connected: bool = False
     # When the newest checkpoint the target has made durable was cut: the RPO is now minus it.
     checkpoint_time_ns: int = 0
-    target_journal_full: bool = False
+    # Why the target refuses the writes, if it does: "journal" (its journal is full: no write
+    # fits) or "mirror" (its mirrors' datastore is full: no checkpoint can be applied).
+    target_full: str | None = None
+
+    @property
+    def target_journal_full(self) -> bool:
+        return self.target_full == "journal"
+
+    @property
+    def target_mirror_full(self) -> bool:
+        return self.target_full == "mirror"
 
 
 class TargetLink:
@@ -104,7 +114,7 @@ class TargetLink:
                 # A bug must not end replication for good: log it whole, and connect again.
                 log.exception("%s -> %s: unexpected error", self.vpg.name, self.target.server_name)
             self.stats.connected = False
-            if self.stats.target_journal_full:
+            if self.stats.target_full:
                 delay = _RECONNECT_MAX
             await asyncio.sleep(delay)
             delay = min(delay * 2, _RECONNECT_MAX)
@@ -144,7 +154,6 @@ class TargetLink:
             if resume.get("fresh"):
                 self.vpg.start_full_sync()
             self.stats.connected = True
-            self.stats.target_journal_full = False
             log.info(
                 "%s -> %s: connected, resuming at sequence %d",
                 self.vpg.name,
@@ -199,7 +208,14 @@ class TargetLink:
         while True:
             received = await stream.next()
             if received.type is ReplFrame.ACK:
-                self._acknowledge(parse_ack(received.payload))
+                checkpoint = self._acknowledge(parse_ack(received.payload))
+                # An ACK shows the target has room again: writes fit in its journal, and a
+                # checkpoint acknowledged was applied to its mirrors. (A full mirror datastore
+                # still takes writes into the journal: that alert ends with a checkpoint only.
+                # Not on resuming: a checkpoint the target recorded but could not apply counts
+                # in its last sequence.)
+                if self.stats.target_full == "journal" or checkpoint:
+                    self.stats.target_full = None
             elif received.type is ReplFrame.ERROR:
                 self._refused(received)
             else:
@@ -207,13 +223,18 @@ class TargetLink:
 
     def _refused(self, refusal: ReplicationFrame) -> NoReturn:
         reason = parse_json(refusal.payload)
-        # A full journal at the target: keep holding (then the taps keep their bitmaps) and
-        # try again less eagerly; the target's mirror stays at its last checkpoint.
-        self.stats.target_journal_full = bool(reason.get("journal_full"))
+        # A full journal or mirror datastore at the target: keep holding (then the taps keep
+        # their bitmaps) and try again less eagerly; the target's mirror stays at its last
+        # checkpoint. The alert lasts until the target shows it has room again (an ACK).
+        full = reason.get("full")
+        if full not in ("journal", "mirror"):
+            full = "journal" if reason.get("journal_full") else None  # an older target
+        self.stats.target_full = full
         raise ReplicationProtocolError(f"target refused: {reason.get('error')}")
 
-    def _acknowledge(self, seq: int) -> None:
-        progressed = False
+    def _acknowledge(self, seq: int) -> bool:
+        """Everything up to ``seq`` is durable at the target; True if a checkpoint was in it."""
+        progressed = checkpoint = False
         while self._sent and self._sent[0][0] <= seq:
             _, index = self._sent.popleft()
             self.acked_index = index + 1
@@ -221,9 +242,11 @@ class TargetLink:
             item = self.vpg.item(index)
             if item.kind is EntryKind.CHECKPOINT:
                 self.stats.checkpoint_time_ns = item.time_ns
+                checkpoint = True
         self.stats.acked_seq = max(self.stats.acked_seq, seq)
         if progressed:
             self.vpg.link_progressed()
+        return checkpoint
 
     async def _send_loop(self, writer: asyncio.StreamWriter, acks: asyncio.Task[None]) -> None:
         codec = BatchCodec()
