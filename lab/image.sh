@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the lab's image: Debian 12 (minbase) booting systemd, with what the hvds roles need on a
-# hypervisor or manager host (python3 + venv, qemu-utils for the lab's disk writes, iproute2).
+# hypervisor or manager host (python3 + venv, qemu-utils for the lab's disk writes, qemu-system-x86
+# for its VMs, iproute2).
 # No registry is reachable here: debootstrap makes the root file system, `podman import` the
 # image. Cached: the image is tagged with a hash of this script, and rebuilt only when missing.
 #   lab/image.sh          build if missing, print the image name
@@ -11,7 +12,7 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 export CONTAINERS_CONF="${CONTAINERS_CONF:-$here/containers.conf}"
 mirror="${HVDS_LAB_MIRROR:-http://deb.debian.org/debian}"
-packages=(systemd systemd-sysv python3 python3-venv iproute2 procps qemu-utils ca-certificates)
+packages=(systemd systemd-sysv python3 python3-venv iproute2 procps qemu-utils qemu-system-x86 ca-certificates)
 tag="$(sha256sum <"${BASH_SOURCE[0]}" | cut -c1-12)"
 image="localhost/hvds-lab-debian12:$tag"
 

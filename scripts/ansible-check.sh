@@ -101,8 +101,29 @@ run_pytest() {
   (cd "$tree" && PYTHONPATH="$repo/build" python -m pytest -q -p no:cacheprovider tests/unit)
 }
 
+inventories() {
+  # playbooks/validate_inventory.yml passes the lab's and the example production inventories, and
+  # fails the broken one with every problem of its expected-problems.txt listed.
+  local inventory output
+  for inventory in inventory/lab inventory/example-production; do
+    ansible-playbook -i "$repo/$inventory" "$repo/playbooks/validate_inventory.yml" >/dev/null ||
+      { echo "ansible-check: $inventory does not validate" >&2; return 1; }
+  done
+  inventory="$repo/tests/inventories/broken"
+  if output="$(ansible-playbook -i "$inventory" "$repo/playbooks/validate_inventory.yml" 2>&1)"; then
+    echo "ansible-check: the broken inventory validated" >&2; return 1
+  fi
+  output="${output//\\n/$'\n'}"
+  local expected missing=0
+  while IFS= read -r expected; do
+    grep -qxF -- "- $expected" <<<"$output" || { echo "ansible-check: not reported: $expected" >&2; missing=1; }
+  done <"$inventory/expected-problems.txt"
+  ((missing == 0)) || return 1
+  echo "ansible-check: inventories: lab and example-production valid, the broken one's $(wc -l <"$inventory/expected-problems.txt") problems reported"
+}
+
 steps=("$@")
-((${#steps[@]})) || steps=(tree sanity lint galaxy)
+((${#steps[@]})) || steps=(tree sanity lint galaxy inventories)
 for step in "${steps[@]}"; do
   case "$step" in
     tree) build_tree ;;
@@ -111,6 +132,7 @@ for step in "${steps[@]}"; do
     galaxy) galaxy ;;
     units) units ;;
     pytest) run_pytest ;;
-    *) echo "usage: $0 [tree|sanity|lint|galaxy|units|pytest]..." >&2; exit 2 ;;
+    inventories) inventories ;;
+    *) echo "usage: $0 [tree|sanity|lint|galaxy|units|pytest|inventories]..." >&2; exit 2 ;;
   esac
 done

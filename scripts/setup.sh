@@ -61,13 +61,12 @@ if [[ ! -x "$venv/bin/promtool" ]]; then
 fi
 
 # Collections the roles and the lab use that ansible-core lacks: community.crypto (the
-# replication_link role's PKI), containers.podman (the lab's connection) and ansible.utils (the
-# inventory's checks of addresses, with netaddr from requirements.txt). Galaxy is not
+# replication_link role's PKI) and containers.podman (the lab's connection). Galaxy is not
 # reachable here, so they come out of the pinned `ansible` package on PyPI, into the system's
 # collections path, where ansible-playbook and ansible-lint find them.
 ansible_release=12.3.0
 collections_dir=/usr/share/ansible/collections/ansible_collections
-wanted_collections=(community/crypto:3.0.5 containers/podman:1.18.0 ansible/utils:6.0.0)
+wanted_collections=(community/crypto:3.0.5 containers/podman:1.18.0)
 missing_collections=()
 for entry in "${wanted_collections[@]}"; do
   name="${entry%%:*}" version="${entry##*:}"
