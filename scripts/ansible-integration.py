@@ -1,10 +1,10 @@
 """Runs the collection's integration target (tests/integration/targets/site_manager) against real
 site managers: two sites as the agent's tests start them (agent/tests/sites.py: at site A an
 hvds-manager, host a1's VDSA and a tap serving vm1-disk0; at site B an hvds-manager and host b1's
-VDSA with datastore ds1), all real processes with TLS from a lab CA. As for the agent's recovery
-tests, host b1 has a tap too (a committed failover's disks are served through it) and host a1's
-VDSA takes the target role (reverse protection comes back to it), so that failover, commit,
-reverse protection and a failback move run end to end.
+VDSA with datastore ds1), all real processes with TLS from a lab CA: the agent's recovery tests'
+RecoverySites, where host b1 has a tap too (a committed failover's disks are served through it)
+and host a1's VDSA takes the target role (reverse protection comes back to it), so that failover,
+commit, reverse protection and a failback move run end to end.
 
 It writes tests/integration/integration_config.yml of the built tree (make ansible-integration
 builds it first) with the managers' URLs, admin tokens and CA, then runs
@@ -26,37 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 TREE = REPO / "build" / "ansible_collections" / "hvds" / "replication"
 sys.path.insert(0, str(REPO / "agent" / "tests"))
 
-from harness import Lab  # noqa: E402  (agent/tests is on the path only now)
-from sites import TwoSites  # noqa: E402
-
-
-class RecoverySites(TwoSites):
-    """TwoSites ready for every recovery operation, as agent/tests/integration/test_recovery.py
-    sets them up: taps that can publish recovered disks (exports_dir) at both hosts, and host a1's
-    VDSA a target too."""
-
-    def __init__(self, root: Path) -> None:
-        super().__init__(root)
-        self.tap.write_config(exports_dir=str(self.tap.root / "exports.d"))
-        self.vdsa_a.target_role = True
-        self.tap_b = Lab(root / "b1" / "tap")
-        self.tap_b.root.mkdir(parents=True)
-        self.tap_b.write_config(exports_dir=str(self.tap_b.root / "exports.d"))
-        self.vdsa_b.settings["tap_config"] = str(self.tap_b.config_path)
-
-    def start(self) -> None:
-        self.manager_a.start()
-        self.manager_b.start()
-        self.vdsa_b.start()
-        self.vdsa_a.start()
-        self.tap.start_tap(vdsa_socket=str(self.vdsa_a.tap_socket),
-                           exports_dir=str(self.tap.root / "exports.d"))
-        self.tap_b.start_tap(vdsa_socket=str(self.vdsa_b.tap_socket),
-                             exports_dir=str(self.tap_b.root / "exports.d"))
-
-    def stop(self) -> None:
-        self.tap_b.stop()
-        super().stop()
+from sites import RecoverySites  # noqa: E402  (agent/tests is on the path only now)
 
 
 def main() -> int:

@@ -14,71 +14,11 @@ from typing import Any
 
 import pytest
 from guest import ensure_guest, qemu_available, run_guest
-from harness import Lab, qemu_io, readable, sha256_file, wait_for, write_random
-from sites import TwoSites
+from harness import qemu_io, readable, sha256_file, wait_for, write_random
+from sites import RecoverySites, hashes
 
 MiB = 1024 * 1024
 pytestmark = pytest.mark.slow
-
-
-class RecoverySites(TwoSites):
-    """Two sites whose VPG "erp" has two VMs: vm1 (vm1-disk0) and vm2 (vm2-disk0)."""
-
-    def __init__(self, root: Path) -> None:
-        super().__init__(root)
-        self.disk2 = self.tap.add_disk("vm2-disk0", 16 * MiB)
-        self.tap.write_config(exports_dir=str(self.tap.root / "exports.d"))
-        self.vdsa_b.settings["vm_accel"] = "tcg"  # this machine's KVM cannot run the guest
-        self.vdsa_a.target_role = True  # reverse protection comes back to it
-        # Host b1 has a tap too: recovered disks are served through it once committed.
-        self.tap_b = Lab(root / "b1" / "tap")
-        self.tap_b.root.mkdir(parents=True)
-        self.tap_b.write_config(exports_dir=str(self.tap_b.root / "exports.d"))
-        self.vdsa_b.settings["tap_config"] = str(self.tap_b.config_path)
-
-    def start(self) -> None:
-        self.manager_a.start()
-        self.manager_b.start()
-        self.vdsa_b.start()
-        self.vdsa_a.start()
-        self.tap.start_tap(vdsa_socket=str(self.vdsa_a.tap_socket),
-                           exports_dir=str(self.tap.root / "exports.d"))  # fmt: skip
-        self.tap_b.start_tap(vdsa_socket=str(self.vdsa_b.tap_socket),
-                             exports_dir=str(self.tap_b.root / "exports.d"))  # fmt: skip
-
-    def stop(self) -> None:
-        self.tap_b.stop()
-        super().stop()
-
-    def protect(self, boot: dict[str, dict[str, Any]] | None = None) -> None:
-        vms = [
-            {"name": vm, "host": "a1", "disks": [{"export": f"{vm}-disk0"}],
-             **({"boot": boot[vm]} if boot else {})}
-            for vm in ("vm1", "vm2")
-        ]  # fmt: skip
-        self.pair()
-        self.manager_a.ok("POST", "/vpgs", self.admin_a, self.vpg(vms=vms))
-        self.wait_state("erp", "protected")
-
-    def api(self, method: str, path: str, json: Any = None) -> Any:
-        return self.manager_a.ok(method, path, self.admin_a, json)
-
-    def command(self, method: str, path: str, json: Any = None) -> Any:
-        return self.manager_a.wait_command(self.api(method, path, json), self.admin_a)
-
-    def checkpoint(self, tag: str) -> dict[str, Any]:
-        return dict(self.api("POST", "/vpgs/erp/checkpoints", {"tag": tag}))
-
-    def sources(self) -> dict[str, Path]:
-        return dict(self.tap.exports)
-
-    def mirrors(self) -> dict[str, Path]:
-        found = {p.name: p for p in (self.tap.root.parent / "b1" / "ds1").rglob("disk*.raw")}
-        return {"vm1-disk0": found["disk1.raw"], "vm2-disk0": found["disk2.raw"]}
-
-    def in_sync(self) -> bool:
-        """The mirrors equal the sources (after a checkpoint taken with the sources idle)."""
-        return hashes(self.mirrors()) == hashes(self.sources())
 
 
 @pytest.fixture
@@ -89,10 +29,6 @@ def sites(tmp_path: Path) -> Iterator[RecoverySites]:
         yield sites
     finally:
         sites.stop()
-
-
-def hashes(paths: dict[str, Path]) -> dict[str, str]:
-    return {name: sha256_file(path) for name, path in paths.items()}
 
 
 def copies(paths: dict[str, Path], directory: Path) -> dict[str, Path]:
