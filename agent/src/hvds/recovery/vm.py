@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from pydantic import Field
 
@@ -101,7 +102,9 @@ class Vms:
         if current is not None and current.process.returncode is None:
             return current.report()  # already running: starting it again is a no-op
         self._console_dir.mkdir(parents=True, exist_ok=True)
-        console = self._console_dir / f"{name}.console"
+        # The name is the manager's (a VPG's and a VM's, as a peer site named them): quoted, so
+        # that no name ("../x", "/etc/x") makes the console a file elsewhere, or removes one.
+        console = self._console_dir / f"{quote(name, safe='')}.console"
         console.unlink(missing_ok=True)
         argv = qemu_argv(boot, disks, console, self._accel, network)
         process = await asyncio.create_subprocess_exec(

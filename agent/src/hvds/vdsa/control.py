@@ -38,10 +38,28 @@ def _serving(
             writer.close()
             return
         try:
-            while line := await reader.readline():
-                writer.write(json.dumps(await _answer(line, handlers)).encode() + b"\n")
+            while True:
+                try:
+                    line = await reader.readuntil(b"\n")
+                except asyncio.IncompleteReadError as exc:  # the end, maybe after a last line
+                    if exc.partial:
+                        writer.write(_encode(await _answer(exc.partial, handlers)))
+                        await writer.drain()
+                    break
+                except asyncio.LimitOverrunError:
+                    # Answered, and the line skipped: the client reads its answer (closing
+                    # now, with its line unread, would reset the connection and lose it).
+                    log.warning("control client sent a request over %d bytes",
+                                MAX_REQUEST_BYTES)  # fmt: skip
+                    error = f"a request is one line of at most {MAX_REQUEST_BYTES} bytes"
+                    writer.write(_encode({"ok": False, "error": error}))
+                    await writer.drain()
+                    if not await _skip_line(reader):
+                        break
+                    continue
+                writer.write(_encode(await _answer(line, handlers)))
                 await writer.drain()
-        except (ConnectionError, ValueError) as exc:
+        except ConnectionError as exc:
             log.warning("control client dropped: %s", exc)
         finally:
             writer.close()
@@ -74,11 +92,30 @@ async def serve_control_tls(
     return await asyncio.start_server(client, host, port, ssl=context, limit=MAX_REQUEST_BYTES)
 
 
+async def _skip_line(reader: asyncio.StreamReader) -> bool:
+    """Discard the rest of an over-long line; False if the connection ended first."""
+    while True:
+        try:
+            await reader.readuntil(b"\n")
+            return True
+        except asyncio.LimitOverrunError as exc:
+            await reader.readexactly(exc.consumed)
+        except asyncio.IncompleteReadError:
+            return False
+
+
+def _encode(answer: dict[str, Any]) -> bytes:
+    # Lone surrogates a request carried (JSON escapes them) come back escaped: ASCII only.
+    return json.dumps(answer).encode() + b"\n"
+
+
 async def _answer(line: bytes, handlers: dict[str, Handler]) -> dict[str, Any]:
     try:
         request = json.loads(line)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return {"ok": False, "error": f"not JSON: {exc}"}
+    except (ValueError, RecursionError) as exc:
+        # Not UTF-8, not JSON, an integer past Python's 4300 digits (ValueError), arrays or
+        # objects nested past the recursion limit (RecursionError).
+        return {"ok": False, "error": f"not JSON: {str(exc)[:200]}"}
     if not isinstance(request, dict):
         return {"ok": False, "error": "a request is a JSON object"}
     handler = handlers.get(str(request.get("op")))
@@ -92,8 +129,14 @@ async def _answer(line: bytes, handlers: dict[str, Handler]) -> dict[str, Any]:
         if inspect.isawaitable(result):
             result = await result
         return {"ok": True, **result}
-    except (KeyError, ValueError, TypeError, TimeoutError, OSError) as exc:
-        return {"ok": False, "error": str(exc)}
+    except KeyError as exc:
+        return {"ok": False, "error": str(exc.args[0]) if exc.args else "not found"}
+    except (ValueError, TypeError, TimeoutError, OSError, ArithmeticError) as exc:
+        return {"ok": False, "error": str(exc) or type(exc).__name__}
+    except Exception as exc:
+        # A bug: logged whole, and answered; the socket goes on serving.
+        log.exception("control op %r failed", request.get("op"))
+        return {"ok": False, "error": f"internal error: {type(exc).__name__}: {exc}"}
 
 
 def request(path: Path, message: dict[str, Any], timeout: float = 10) -> dict[str, Any]:

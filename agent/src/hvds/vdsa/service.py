@@ -25,6 +25,7 @@ from hvds.recovery.vm import VmBoot, Vms, run_script
 from hvds.settings import ConfigError
 from hvds.tap.config import load_config as load_tap_config
 from hvds.tls import client_context, server_context
+from hvds.vdsa import requests as rq
 from hvds.vdsa.analysis import keep_analyzing, summary
 from hvds.vdsa.config import ManagedVpgs, VdsaConfig
 from hvds.vdsa.control import Handler, serve_control, serve_control_tls
@@ -39,29 +40,28 @@ from hvds.vdsa.views import Binding, Views
 log = logging.getLogger(__name__)
 
 
-def _label(request: dict[str, Any]) -> tuple[str, str]:
+def _label(request: rq.Labelled) -> tuple[str, str]:
     """A checkpoint's tag and description, refused here if the target's journal could not
     keep them: once in the stream, such a checkpoint would stop the VPG's replication."""
-    tag, description = str(request.get("tag", "")), str(request.get("description", ""))
+    tag, description = request.tag, request.description
     for what, text in (("tag", tag), ("description", description)):
         if len(text.encode()) > MAX_TEXT:
             raise ValueError(f"the {what} is longer than {MAX_TEXT} bytes")
     return tag, description
 
 
-def _find_checkpoint(checkpoints: list[Checkpoint], request: dict[str, Any]) -> Checkpoint:
-    if "time_ns" in request:  # the cut's own name, the same in every journal of the VPG
-        wanted = int(request["time_ns"])
-        found = [c for c in checkpoints if c.time_ns == wanted]
-    elif "checkpoint" in request:
-        wanted = int(request["checkpoint"])
-        found = [c for c in checkpoints if c.id == wanted]
-    elif "tag" in request:
-        found = [c for c in checkpoints if c.tag == str(request["tag"])]
+def _find_checkpoint(checkpoints: list[Checkpoint], request: rq.At) -> Checkpoint:
+    if request.time_ns is not None:  # the cut's own name, the same in every journal of the VPG
+        found = [c for c in checkpoints if c.time_ns == request.time_ns]
+    elif request.checkpoint is not None:
+        found = [c for c in checkpoints if c.id == request.checkpoint]
+    elif request.tag is not None:
+        found = [c for c in checkpoints if c.tag == request.tag]
     else:
         found = checkpoints  # the latest
     if not found:
-        raise KeyError(f"no such checkpoint is kept: {request}")
+        wanted = request.model_dump(include={"time_ns", "checkpoint", "tag"}, exclude_none=True)
+        raise KeyError(f"no such checkpoint of {request.vpg!r} is kept: {wanted}")
     return found[-1]
 
 
@@ -179,8 +179,8 @@ class VdsaService:
             "file_read": self._file_read,
             "tap_detach": self._tap_detach,
             "tap_publish": self._tap_publish,
-            "vm_status": lambda request: self.vms.status(str(request["name"])),
-            "vm_stop": lambda request: self.vms.stop(str(request["name"])),
+            "vm_status": lambda request: self.vms.status(rq.parse(rq.VmName, request).name),
+            "vm_stop": lambda request: self.vms.stop(rq.parse(rq.VmName, request).name),
         }
         if settings.control_socket is not None:
             self._servers.append(await serve_control(settings.control_socket, handlers))
@@ -208,15 +208,16 @@ class VdsaService:
                 state.journal.close()
 
     def _checkpoint(self, request: dict[str, Any]) -> dict[str, Any]:
-        source = self._source(request)
-        tag, description = _label(request)
+        wanted = rq.parse(rq.Labelled, request)
+        source = self._source(wanted.vpg)
+        tag, description = _label(wanted)
         taken = source.checkpoint(tag, description)
         return {"taken": taken, "consistent": source.consistent}
 
     def _checkpoints(self, request: dict[str, Any]) -> dict[str, Any]:
         """A replicated VPG's checkpoints. A VPG fed by several hosts has one journal per host;
         its checkpoints are the cuts every one of them holds (matched by the cut's time)."""
-        name = str(request["vpg"])
+        name = rq.parse(rq.Vpg, request).vpg
         parts = [state for state in self.targets.values() if state.config.name == name]
         if not parts:
             raise KeyError(f"no VPG {name!r} is replicated to this host")
@@ -242,19 +243,21 @@ class VdsaService:
 
     def _analysis(self, request: dict[str, Any]) -> dict[str, Any]:
         """The data analyzer's full reports on a replicated VPG's mirrors."""
-        name = str(request["vpg"])
+        name = rq.parse(rq.Vpg, request).vpg
         parts = [state for state in self.targets.values() if state.config.name == name]
         if not parts:
             raise KeyError(f"no VPG {name!r} is replicated to this host")
         return {"analysis": {state.label: state.analysis for state in parts}}
 
-    def _view_open(self, request: dict[str, Any]) -> dict[str, Any]:
+    def _view_open(self, request: dict[str, Any] | rq.DiskAt) -> dict[str, Any]:
         """Serve a replicated disk as it was at a checkpoint (by id, or by tag: the newest with
         it), writable into a scratch overlay, over NBD on the view socket."""
+        if not isinstance(request, rq.DiskAt):
+            request = rq.parse(rq.DiskAt, request)
         settings = self.config.vdsa
         if settings.view_socket is None or settings.journal_dir is None:
             raise ValueError("no view_socket is configured")
-        name, disk_name = str(request["vpg"]), str(request["disk"])
+        name, disk_name = request.vpg, request.disk
         for state in self.targets.values():
             disk = next((d for d in state.config.disks if d.name == disk_name), None)
             if state.config.name == name and disk is not None and disk.source == state.source:
@@ -274,7 +277,7 @@ class VdsaService:
         return {"export": export, "uri": uri, "checkpoint": checkpoint.id}
 
     def _view_close(self, request: dict[str, Any]) -> dict[str, Any]:
-        export = str(request["export"])
+        export = rq.parse(rq.Export, request).export
         if export.endswith(".failover"):
             raise ValueError(f"{export} belongs to a failover: roll it back or commit it")
         self.views.remove(export)
@@ -306,18 +309,19 @@ class VdsaService:
 
     def _failover(self, request: dict[str, Any]) -> dict[str, Any]:
         """Fail a VPG over to a checkpoint: views the recovered VMs run on (decision 0011)."""
-        name = str(request["vpg"])
+        wanted = rq.parse(rq.At, request)
+        name = wanted.vpg
         parts = [state for state in self.targets.values() if state.config.name == name]
         if not parts:
             raise KeyError(f"no VPG {name!r} is replicated to this host")
-        checkpoint = _find_checkpoint(parts[0].checkpoints, request)
+        checkpoint = _find_checkpoint(parts[0].checkpoints, wanted)
         return self._failovers().start(name, checkpoint.time_ns)
 
     def _failover_rollback(self, request: dict[str, Any]) -> dict[str, Any]:
-        return self._failovers().rollback(str(request["vpg"]))
+        return self._failovers().rollback(rq.parse(rq.Vpg, request).vpg)
 
     async def _failover_commit(self, request: dict[str, Any]) -> dict[str, Any]:
-        name = str(request["vpg"])
+        name = rq.parse(rq.Vpg, request).vpg
         done = await asyncio.to_thread(self._failovers().commit, name)
         # Its journal is gone, and its source refused for good: it is no target here any more.
         for label in [label for label, state in self.targets.items() if state.config.name == name]:
@@ -327,41 +331,36 @@ class VdsaService:
 
     async def _vm_start(self, request: dict[str, Any]) -> dict[str, Any]:
         """Boot a recovered VM from NBD URIs (views of a failover test or failover)."""
-        disks = request.get("disks")
-        if not isinstance(disks, list) or not disks:
-            raise ValueError("a VM needs its disks: a list of NBD URIs")
-        boot = VmBoot.model_validate(request.get("boot", {}))
-        network = str(request.get("network", ""))
+        wanted = rq.parse(rq.VmStart, request)
+        boot = VmBoot.model_validate(wanted.boot)
+        network = wanted.network
         if network and not re.fullmatch(r"(bridge|netns):[A-Za-z0-9][A-Za-z0-9._-]{0,14}", network):
             raise ValueError(f"network {network!r}: expected bridge:NAME or netns:NAME")
-        return await self.vms.start(str(request["name"]), [str(d) for d in disks], boot, network)
+        return await self.vms.start(wanted.name, list(wanted.disks), boot, network)
 
     async def _run_script(self, request: dict[str, Any]) -> dict[str, Any]:
         """A recovery script of this host's scripts_dir, by name (a peer names, never paths)."""
         directory = self.config.vdsa.scripts_dir
-        name = str(request["name"])
         if directory is None:
             raise ValueError("this VDSA has no scripts_dir: it runs no recovery scripts")
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", name):
-            raise ValueError(f"{name!r} cannot name a script")
-        env = {str(k): str(v) for k, v in dict(request.get("env", {})).items()
-               if str(k).startswith("HVDS_")}  # fmt: skip
+        wanted = rq.parse(rq.RunScript, request)
+        name = wanted.name
+        env = {k: v for k, v in wanted.env.items() if k.startswith("HVDS_")}
         return await run_script(directory / name, env)
 
     async def _restore_disk(self, request: dict[str, Any]) -> dict[str, Any]:
         """Copy a replicated disk as it was at a checkpoint to an image in a datastore."""
+        wanted = rq.parse(rq.RestoreDisk, request)
         stores = {store.name: store.path for store in self.config.datastore}
-        where = stores.get(str(request["datastore"]))
+        where = stores.get(wanted.datastore)
         if where is None:
-            raise KeyError(f"no datastore {request['datastore']!r} on this host")
-        name = str(request["name"])
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", name):
-            raise ValueError(f"{name!r} cannot name a restored image")
+            raise KeyError(f"no datastore {wanted.datastore!r} on this host")
+        name = wanted.name
         target = where / "restores" / f"{name}.raw"
         if target.exists():
             raise ValueError(f"{target} exists: restore under another name")
         target.parent.mkdir(parents=True, exist_ok=True)
-        view = self._view_open(request)
+        view = self._view_open(wanted)
         try:
             # nbdcopy leaves the zero blocks as holes: the image is as sparse as can be.
             process = await asyncio.create_subprocess_exec(
@@ -378,14 +377,14 @@ class VdsaService:
 
     async def _file_read(self, request: dict[str, Any]) -> dict[str, Any]:
         """One file of a replicated disk as it was at a checkpoint (ext2/3/4), as base64."""
-        path = str(request["path"])
-        partition = request.get("partition")
-        view = self._view_open(request)
+        wanted = rq.parse(rq.FileRead, request)
+        path, partition = wanted.path, wanted.partition
+        view = self._view_open(wanted)
         try:
 
             def read() -> bytes:
                 with nbd_as_file(view["uri"]) as disk:
-                    return read_file(disk, path, None if partition is None else int(partition))
+                    return read_file(disk, path, partition)
 
             content = await asyncio.to_thread(read)
         except (OSError, DebugfsError) as exc:
@@ -397,13 +396,13 @@ class VdsaService:
 
     async def _tap_detach(self, request: dict[str, Any]) -> dict[str, Any]:
         """Detach disks from this host's tap (a failover's split-brain guard), or attach them."""
-        names = [str(name) for name in request["exports"]]
-        return await self.tap_exports.detach(names, bool(request.get("detached", True)))
+        wanted = rq.parse(rq.TapDetach, request)
+        return await self.tap_exports.detach(list(wanted.exports), wanted.detached)
 
     async def _tap_publish(self, request: dict[str, Any]) -> dict[str, Any]:
         """Serve disks recovered here (name -> image) through this host's tap."""
-        disks = {str(name): str(path) for name, path in request["disks"].items()}
-        return {"uris": await self.tap_exports.publish(str(request["group"]), disks)}
+        wanted = rq.parse(rq.TapPublish, request)
+        return {"uris": await self.tap_exports.publish(wanted.group, dict(wanted.disks))}
 
     async def _logs(self, _request: dict[str, Any]) -> dict[str, Any]:
         """The tails of this host's tap and VDSA logs (for the manager's log bundles): each
@@ -418,8 +417,7 @@ class VdsaService:
             "vdsa": await read_log("hvds-vdsa.service", self.config.vdsa.log_file),
         }}  # fmt: skip
 
-    def _source(self, request: dict[str, Any]) -> VpgSource:
-        name = str(request["vpg"])
+    def _source(self, name: str) -> VpgSource:
         for source in self.sources:
             if source.name == name:
                 return source
@@ -427,14 +425,14 @@ class VdsaService:
 
     async def _hold(self, request: dict[str, Any]) -> dict[str, Any]:
         """Phase one of a coordinated checkpoint: hold the VPG's writes here, cut the stream."""
-        source = self._source(request)
-        cut = int(request["cut"])
-        taken = await source.hold(cut, *_label(request))
+        wanted = rq.parse(rq.Hold, request)
+        taken = await self._source(wanted.vpg).hold(wanted.cut, *_label(wanted))
         return {"taken": taken}
 
     def _release(self, request: dict[str, Any]) -> dict[str, Any]:
         """Phase two: every host has cut; let the held writes complete."""
-        self._source(request).release(int(request["cut"]))
+        wanted = rq.parse(rq.Cut, request)
+        self._source(wanted.vpg).release(wanted.cut)
         return {}
 
     def status(self, _request: dict[str, Any] | None = None) -> dict[str, Any]:

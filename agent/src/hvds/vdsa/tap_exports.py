@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -69,11 +71,29 @@ class TapExports:
 
     async def publish(self, group: str, disks: dict[str, str]) -> dict[str, str]:
         """Serve recovered disks (name -> image path) through the tap; their NBD URIs. A disk
-        that is a detached export's image is that export again (a failback)."""
+        that is a detached export's image is that export again (a failback).
+
+        What the tap could not take is refused here, before anything is written: a drop-in the
+        tap refuses stops it from applying any later change of its drop-ins, the split-brain
+        guard's detaching included. So: a group name that is a file of ours, an export name
+        another export has, a path that is not an existing image."""
         config, directory = self._config()
+        if f"{group}.toml" == DETACHED_FILE:
+            raise ValueError(f"group {group!r}: the name of the tap's list of detached disks")
         found = drop_ins(config)
+        own = directory / f"{group}.toml"  # published again: its previous file is replaced
         every = list(config.export) + [e for drop in found.values() for e in drop.export]
+        others = list(config.export) + [
+            e for path, drop in found.items() if path != own for e in drop.export
+        ]
         by_path = {str(export.path): export.name for export in every}
+        taken = {export.name: str(export.path) for export in others}
+        for name, path in disks.items():
+            if path in by_path:
+                continue
+            if name in taken:
+                raise ValueError(f"the tap serves {name!r} already (from {taken[name]})")
+            _check_image(path)
         again = [by_path[path] for path in disks.values() if path in by_path]
         if again:
             await self.detach(again, detached=False)
@@ -85,3 +105,15 @@ class TapExports:
         await self._served(directory, lambda served: set(names.values()) <= served)
         socket = config.tap.unix_socket
         return {name: f"nbd+unix:///{export}?socket={socket}" for name, export in names.items()}
+
+
+def _check_image(path: str) -> None:
+    """An image the tap can serve: an absolute path to a regular file or a block device."""
+    if not os.path.isabs(path) or "\x00" in path:
+        raise ValueError(f"{path!r} is not an absolute path")
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise ValueError(f"image {path}: {exc.strerror}") from None
+    if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+        raise ValueError(f"image {path} is neither a file nor a block device")
