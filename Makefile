@@ -31,7 +31,9 @@ demo-local: setup
 
 # The long fuzz run (docs/reliability.md): a million random NBD sessions and a million random
 # frame streams, tens of thousands of hypothesis cases and damaged journals, 20,000 sessions
-# at a real tap. About an hour on 2 cores. Figures, one JSON line per test, in FUZZ_REPORT.
+# at a real tap, 20,000 sessions at two VDSAs' control sockets, 5,000 changes of a tap's
+# configuration files and 300 starts on random ones. About an hour and a half on 2 cores.
+# Figures, one JSON line per test, in FUZZ_REPORT.
 FUZZ_REPORT ?= $(CURDIR)/build/fuzz-report.jsonl
 FUZZ_PYTEST = HVDS_FUZZ_REPORT=$(FUZZ_REPORT) pytest -q -s -p no:cacheprovider --timeout=0
 fuzz: setup
@@ -42,6 +44,9 @@ fuzz: setup
 	cd agent && HVDS_FUZZ_EXAMPLES=20000 $(FUZZ_PYTEST) tests/unit/test_fuzz_wire.py -k "not random_streams"
 	cd agent && HVDS_FUZZ_EXAMPLES=25000 $(FUZZ_PYTEST) tests/unit/test_fuzz_journal.py -k damaged
 	cd agent && HVDS_FUZZ_EXAMPLES=20000 $(FUZZ_PYTEST) tests/integration/test_fuzz_tap.py
+	cd agent && HVDS_FUZZ_EXAMPLES=20000 $(FUZZ_PYTEST) tests/integration/test_fuzz_control.py -k survive
+	cd agent && HVDS_FUZZ_EXAMPLES=5000 $(FUZZ_PYTEST) tests/integration/test_fuzz_tap_config.py -k survives
+	cd agent && HVDS_FUZZ_EXAMPLES=300 $(FUZZ_PYTEST) tests/integration/test_fuzz_tap_config.py -k starts
 	jq -c '{test, inputs, seconds, crashes, hangs, peak_rss_mib}' $(FUZZ_REPORT)
 
 bench: setup

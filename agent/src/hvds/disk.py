@@ -36,8 +36,16 @@ class Disk:
     def __init__(self, path: Path, read_only: bool = False) -> None:
         self.path = path
         self.read_only = read_only
-        self.fd = os.open(path, (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC)
+        # O_NONBLOCK: a FIFO named as a disk must not block the open (a read-only one would
+        # wait for a writer, and the tap's event loop with it); it is refused just below.
+        flags = (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC | os.O_NONBLOCK
+        self.fd = os.open(path, flags)
         mode = os.fstat(self.fd).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+            # A directory, a character device (/dev/null), a FIFO, a socket: no disk image.
+            os.close(self.fd)
+            raise OSError(errno.ENOTBLK, "neither a regular file nor a block device", str(path))
+        os.set_blocking(self.fd, True)
         self.is_block_device = stat.S_ISBLK(mode)
         self.size = os.lseek(self.fd, 0, os.SEEK_END)
 

@@ -126,8 +126,11 @@ class ExportRegistry:
     def remove(self, name: str) -> TapExport:
         export = self._by_name.pop(name)
         export.removed = True
-        export.tracker.bitmap.sync()
-        export.disk.flush()
+        try:
+            export.tracker.bitmap.sync()
+            export.disk.flush()
+        except OSError as exc:  # it goes all the same: a reload must not stop half-way
+            log.error("export %s: flushing it on removal failed: %s", name, exc)
         for client in list(export.clients):
             client.close()
         export.close_if_unused()

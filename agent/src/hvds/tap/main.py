@@ -44,10 +44,19 @@ class TapServer:
         tap_id = settings.tap_id or socket.gethostname()
         self.link = VdsaLink(settings.vdsa_socket, tap_id, settings.link_buffer_bytes)
         self._servers: list[asyncio.Server] = []
+        # The drop-ins as they were when last read: the watch reloads when they differ. Taken
+        # before reading them, so that a file written meanwhile is seen as a change (taken
+        # by the watch's first look, it was missed when written as the tap started).
+        self._loaded: list[tuple[str, int, int]] = []
 
     async def start(self) -> None:
+        self._loaded = self._drop_ins_now()
         for export in served_exports(self.config):
-            self.registry.add(export)
+            try:
+                self.registry.add(export)
+            except (OSError, ValueError) as exc:
+                # One disk whose image is gone must not keep the host's other VMs from theirs.
+                log.error("export %s not served: %s", export.name, exc)
         self._report_served()
         settings = self.config.tap
         loop = asyncio.get_running_loop()
@@ -78,6 +87,7 @@ class TapServer:
 
     def reload(self) -> None:
         """Apply the exports of the configuration file as it is now."""
+        self._loaded = self._drop_ins_now()
         try:
             config = load_config(self.config_path)
         except ConfigError as exc:
@@ -97,12 +107,24 @@ class TapServer:
             if self.registry.get(name) is None:
                 try:
                     added = self.registry.add(export_config)
-                except OSError as exc:
+                except (OSError, ValueError) as exc:  # ValueError: a NUL in its path
                     log.error("export %s not added: %s", name, exc)
                     continue
                 self.link.announce(added)
         self.config = config
         self._report_served()
+        log.info("exports reloaded: %d served", len(list(self.registry)))
+
+    def _drop_ins_now(self) -> list[tuple[str, int, int]]:
+        return _signature(self.config.tap.exports_dir)
+
+    def reload_safely(self) -> None:
+        """reload(), for SIGHUP and the watch of exports_dir: a bug is logged whole, and the
+        tap (and its watch) go on with what they serve."""
+        try:
+            self.reload()
+        except Exception:
+            log.exception("reload failed, keeping the running exports")
 
     def _report_served(self) -> None:
         """Say which exports are served now, in exports_dir: the VDSA waits on it to know that
@@ -117,14 +139,11 @@ class TapServer:
         directory = self.config.tap.exports_dir
         if directory is None:
             return
-        seen = _signature(directory)
         while True:
             await asyncio.sleep(1)
-            now = _signature(directory)
-            if now != seen:
-                seen = now
+            if self._drop_ins_now() != self._loaded:
                 log.info("%s changed: reloading the exports", directory)
-                self.reload()
+                self.reload_safely()
 
     async def stop(self) -> None:
         for server in self._servers:
@@ -134,7 +153,9 @@ class TapServer:
             self.registry.remove(export.name)
 
 
-def _signature(directory: Path) -> list[tuple[str, int, int]]:
+def _signature(directory: Path | None) -> list[tuple[str, int, int]]:
+    if directory is None:
+        return []
     try:
         return sorted((p.name, p.stat().st_mtime_ns, p.stat().st_size)
                       for p in directory.glob("*.toml"))  # fmt: skip
@@ -148,7 +169,7 @@ async def serve(config_path: Path, config: TapConfig) -> None:
     watcher = asyncio.create_task(server.watch_exports_dir())
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
-    loop.add_signal_handler(signal.SIGHUP, server.reload)
+    loop.add_signal_handler(signal.SIGHUP, server.reload_safely)
     loop.add_signal_handler(signal.SIGTERM, stopping.set)
     loop.add_signal_handler(signal.SIGINT, stopping.set)
     print("hvds-tap ready", flush=True)

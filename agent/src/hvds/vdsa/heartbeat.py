@@ -63,7 +63,7 @@ def _exports(config: VdsaConfig) -> list[dict[str, Any]]:
     for export in [*tap.export, *(e for drop in found.values() for e in drop.export)]:
         try:
             size = os.stat(export.path).st_size
-        except OSError:
+        except (OSError, ValueError):  # ValueError: a NUL in the path
             continue  # a disk whose image is gone is not offered for protection
         exports.append({"name": export.name, "size": size, "path": str(export.path),
                         "detached": export.name not in served})  # fmt: skip
@@ -97,6 +97,9 @@ async def keep_heartbeating(config: VdsaConfig, status: Callable[[], dict[str, A
                                 response.status_code, response.text[:200])  # fmt: skip
             except (httpx.HTTPError, OSError) as exc:
                 log.warning("manager unreachable at %s: %s", link.url, exc)
+            except Exception:
+                # A bug must not end the heartbeats: the manager would think the host down.
+                log.exception("heartbeat failed; trying again")
             await asyncio.sleep(link.heartbeat_interval)
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import tomli_w
 
 from hvds.files import write_atomic
+from hvds.settings import ConfigError
 from hvds.tap.config import SERVED_FILE, ExportsDropIn, TapConfig, drop_ins
 from hvds.tap.config import load_config as load_tap_config
 
@@ -31,10 +32,20 @@ class TapExports:
     def _config(self) -> tuple[TapConfig, Path]:
         if self._tap_config is None:
             raise ValueError("this VDSA has no tap_config: it cannot manage the tap's exports")
-        config = load_tap_config(self._tap_config)
+        try:
+            config = load_tap_config(self._tap_config)
+        except ConfigError as exc:
+            raise ValueError(f"the tap's configuration: {exc}") from None
         if config.tap.exports_dir is None:
             raise ValueError(f"{self._tap_config} sets no exports_dir")
         return config, config.tap.exports_dir
+
+    @staticmethod
+    def _drop_ins(config: TapConfig) -> dict[Path, ExportsDropIn]:
+        try:
+            return drop_ins(config)
+        except ConfigError as exc:  # then the tap refuses changes too: say which file
+            raise ValueError(f"a drop-in of the tap is invalid: {exc}") from None
 
     @staticmethod
     def _write(directory: Path, name: str, drop_in: ExportsDropIn) -> None:
@@ -60,7 +71,9 @@ class TapExports:
     async def detach(self, names: list[str], detached: bool = True) -> dict[str, Any]:
         """Stop serving (or serve again) these exports of the tap."""
         config, directory = self._config()
-        current = set(drop_ins(config).get(directory / DETACHED_FILE, ExportsDropIn()).detached)
+        current = set(
+            self._drop_ins(config).get(directory / DETACHED_FILE, ExportsDropIn()).detached
+        )
         wanted = current | set(names) if detached else current - set(names)
         self._write(directory, DETACHED_FILE, ExportsDropIn(detached=sorted(wanted)))
         if detached:
@@ -80,7 +93,7 @@ class TapExports:
         config, directory = self._config()
         if f"{group}.toml" == DETACHED_FILE:
             raise ValueError(f"group {group!r}: the name of the tap's list of detached disks")
-        found = drop_ins(config)
+        found = self._drop_ins(config)
         own = directory / f"{group}.toml"  # published again: its previous file is replaced
         every = list(config.export) + [e for drop in found.values() for e in drop.export]
         others = list(config.export) + [
