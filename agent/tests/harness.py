@@ -17,6 +17,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -462,10 +463,14 @@ class Manager:
     tls: Any  # pki.TlsFiles, its certificate good for 127.0.0.1
     port: int = field(default_factory=free_port)
     service: Service | None = None
+    # Run in this network namespace, reached (by its peer too) at ``address``: its
+    # certificate must name it.
+    netns: str | None = None
+    address: str = "127.0.0.1"
 
     @property
     def url(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
+        return f"https://{self.address}:{self.port}"
 
     @property
     def config_path(self) -> Path:
@@ -476,7 +481,7 @@ class Manager:
         config = {
             "manager": {
                 "site": self.site,
-                "listen": f"127.0.0.1:{self.port}",
+                "listen": f"{'0.0.0.0' if self.netns else '127.0.0.1'}:{self.port}",
                 "url": self.url,
                 "state_dir": str(self.root / "state"),
                 "host_timeout": 5.0,
@@ -498,6 +503,8 @@ class Manager:
         if not self.config_path.exists():
             self.write_config()
         argv = [str(BIN / "hvds-manager"), "run", "--config", str(self.config_path)]
+        if self.netns:
+            argv = ["ip", "netns", "exec", self.netns, *argv]
         self.service = Service(argv, self.root / "manager.log").start()
         wait_for(self._answers, what=f"{self.site}'s manager to answer")
         return self.service
@@ -513,13 +520,33 @@ class Manager:
         import httpx  # noqa: PLC0415 - only the manager's tests need it
 
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        call = partial(
+            httpx.request, method, f"{self.url}/api/v1{path}", json=json, headers=headers,
+            verify=ssl.create_default_context(cafile=str(self.tls.ca)), timeout=60,
+        )  # fmt: skip
         try:
-            return httpx.request(
-                method, f"{self.url}/api/v1{path}", json=json, headers=headers,
-                verify=ssl.create_default_context(cafile=str(self.tls.ca)), timeout=60,
-            )  # fmt: skip
+            return in_netns(self.netns, call) if self.netns else call()
         except httpx.TransportError as exc:
             raise OSError(str(exc)) from exc
+
+    def metrics(self) -> str:
+        """Its Prometheus text (/metrics, over TLS)."""
+        import httpx  # noqa: PLC0415
+
+        call = partial(httpx.get, f"{self.url}/metrics", timeout=30,
+                       verify=ssl.create_default_context(cafile=str(self.tls.ca)))  # fmt: skip
+        response = in_netns(self.netns, call) if self.netns else call()
+        response.raise_for_status()
+        text: str = response.text
+        return text
+
+    def metric(self, name: str, **labels: str) -> float | None:
+        """One sample of its /metrics; None if it has none."""
+        for family in text_string_to_metric_families(self.metrics()):
+            for sample in family.samples:
+                if sample.name == name and sample.labels == labels:
+                    return float(sample.value)
+        return None
 
     def ok(self, method: str, path: str, token: str, json: Any = None) -> Any:
         """One API call that must succeed; returns its JSON."""

@@ -14,10 +14,11 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from harness import Lab, Vdsa, sha256_file, wait_for, write_random
-from netfaults import LINK_B, DelayProxy, NetPair, available
+from harness import Lab, Manager, Vdsa, sha256_file, wait_for, write_random
+from netfaults import LINK_A, LINK_B, DelayProxy, NetPair, available
 
 from hvds.pki import CertificateAuthority
 
@@ -221,3 +222,140 @@ def test_a_peer_that_closes_mid_batch(net: NetSites) -> None:
     sent, changed = net.wire() - wire, net.written - written
     print(f"reset mid-batch: {changed} bytes written, {sent:.0f} on the wire")
     assert changed <= sent <= 2 * changed + 2 * MiB
+
+
+class ManagedNetSites:
+    """The same two sites, each with its site manager, as deployed: manager A and VDSA a1 in
+    namespace A, manager B and VDSA b1 in namespace B, the tap outside. The managers pair over
+    the link (so a cut cuts them apart too), the VPG is created through manager A's API, and
+    the VDSAs heartbeat to their own site's manager."""
+
+    def __init__(self, root: Path, pair: NetPair) -> None:
+        self.pair = pair
+        ca = CertificateAuthority(root / "pki")
+        self.ca = ca
+        self.manager_a = Manager(root / "manager-a", "site-a",
+                                 ca.issue("manager-a", ["127.0.0.1", LINK_A]),
+                                 netns=pair.a, address=LINK_A)  # fmt: skip
+        self.manager_b = Manager(root / "manager-b", "site-b",
+                                 ca.issue("manager-b", ["127.0.0.1", LINK_B]),
+                                 netns=pair.b, address=LINK_B)  # fmt: skip
+        self.admin_a = self.manager_a.token("admin", "admin")
+        self.admin_b = self.manager_b.token("admin", "admin")
+        self.host = Lab(root / "a1")
+        self.host.root.mkdir()
+        self.disk = self.host.add_disk("vm1-disk0", DISK)
+        self.host.write_config()
+        self.vdsa_a = self._vdsa(root / "a1" / "vdsa", "a1", self.manager_a, pair.a)
+        self.vdsa_a.settings["tap_config"] = str(self.host.config_path)
+        self.vdsa_b = self._vdsa(root / "b1" / "vdsa", "b1", self.manager_b, pair.b)
+        self.vdsa_b.target_role = True
+        self.vdsa_b.settings["listen"] = f"{LINK_B}:{self.vdsa_b.listen_port}"
+        self.datastore = root / "b1" / "ds1"
+        self.datastore.mkdir(parents=True)
+        self.vdsa_b.sections["datastore"] = [{"name": "ds1", "path": str(self.datastore)}]
+        self.uri = self.host.uri("vm1-disk0")
+
+    def _vdsa(self, root: Path, name: str, manager: Manager, netns: str) -> Vdsa:
+        vdsa = Vdsa(root, name, self.ca.issue(name), netns=netns)
+        root.mkdir(parents=True)
+        token_file = root / "manager.token"
+        token_file.write_text(manager.token(name, "host"))
+        vdsa.settings["managed_config"] = str(root / "managed.json")
+        vdsa.sections["manager"] = {
+            "url": f"https://127.0.0.1:{manager.port}", "token_file": str(token_file),
+            "ca": str(self.ca.path), "heartbeat_interval": 0.3,
+        }  # fmt: skip
+        return vdsa
+
+    def start(self) -> None:
+        for manager in (self.manager_a, self.manager_b):
+            manager.write_config(host_timeout=5.0, watch_interval=0.5)
+            manager.start()
+        self.vdsa_b.start()
+        self.vdsa_a.start()
+        self.host.start_tap(vdsa_socket=str(self.vdsa_a.tap_socket))
+        pairing = self.manager_b.ok("POST", "/pairing-tokens", self.admin_b)
+        self.manager_a.ok("POST", "/peers", self.admin_a, {
+            "url": self.manager_b.url, "pairing_token": pairing["token"],
+            "ca_pem": self.ca.path.read_text(),
+        })  # fmt: skip
+
+    def vpg(self) -> dict[str, Any]:
+        return self.manager_a.ok("GET", "/vpgs/erp", self.admin_a)  # type: ignore[no-any-return]
+
+    def alerts(self) -> dict[str, str]:
+        """Manager A's alerts about VPG erp, by kind."""
+        health = self.manager_a.ok("GET", "/site", self.admin_a)["health"]
+        return {a["kind"]: a["message"] for a in health["alerts"] if a["subject"] == "erp"}
+
+    def mirror_matches(self) -> bool:
+        (mirror,) = self.datastore.rglob("*.raw")
+        return sha256_file(mirror) == sha256_file(self.disk)
+
+    def stop(self) -> None:
+        self.host.stop()
+        for service in (self.vdsa_a, self.vdsa_b, self.manager_a, self.manager_b):
+            service.stop()
+
+
+@pytest.fixture
+def managed(tmp_path: Path) -> Iterator[ManagedNetSites]:
+    pair = NetPair().create()
+    sites = ManagedNetSites(tmp_path, pair)
+    try:
+        yield sites
+    finally:
+        sites.stop()
+        pair.destroy()
+
+
+def test_the_source_managers_alerts_follow_a_link_cut(managed: ManagedNetSites) -> None:
+    """Manager A watches the VPG through its host's heartbeats: with the link between the sites
+    cut, it shows the VPG unprotected, a link_down alert within seconds of the VDSA giving the
+    link up, its RPO growing in the API and in /metrics, and the RPO alert once the RPO passes
+    the VPG's threshold (60 s, the least the API takes); all of it clears by itself once the
+    link is back, and a checkpoint taken through the manager then reaches the mirror."""
+    sites, a = managed, managed.manager_a
+    sites.start()
+    a.ok("POST", "/vpgs", sites.admin_a, {
+        "name": "erp", "checkpoint_interval_seconds": 0.5, "rpo_alert_seconds": 60,
+        "vms": [{"name": "vm1", "host": "a1", "disks": [{"export": "vm1-disk0"}]}],
+        "targets": [{"site": "site-b", "host": "b1", "datastore": "ds1"}],
+    })  # fmt: skip
+    wait_for(lambda: sites.vpg()["state"] == "protected", 90, "VPG erp protected")
+    write_random(sites.uri, 0, 4 * MiB, sites.host.root)
+    wait_for(lambda: (sites.vpg()["rpo_seconds"] or 99) < RPO_OK, 30, "the RPO low")
+    assert sites.alerts() == {}
+    assert a.metric("hvds_vpg_protected", vpg="erp", state="protected") == 1
+
+    sites.pair.cut()
+    cut = time.monotonic()
+    write_random(sites.uri, 16 * MiB, 4 * MiB, sites.host.root)  # the VM goes on
+    wait_for(lambda: "link_down" in sites.alerts(), 60, "manager A's link_down alert")
+    link_alert = time.monotonic() - cut
+    assert "host a1 has had no connection to b1" in sites.alerts()["link_down"]
+    assert sites.vpg()["state"] == "syncing"
+    assert a.metric("hvds_vpg_protected", vpg="erp", state="syncing") == 0
+    rpo = a.metric("hvds_vpg_rpo_seconds", vpg="erp")
+    assert rpo is not None and rpo > 10
+    wait_for(lambda: "rpo" in sites.alerts(), 90, "manager A's RPO alert")
+    rpo_alert = time.monotonic() - cut
+    assert "is over 60 s" in sites.alerts()["rpo"]
+    rpo = a.metric("hvds_vpg_rpo_seconds", vpg="erp")
+    assert rpo is not None and rpo > 60
+    assert a.metric("hvds_vpg_rpo_alert_seconds", vpg="erp") == 60
+
+    sites.pair.heal()
+    healed = time.monotonic()
+    wait_for(lambda: sites.alerts() == {}, 60, "manager A's alerts to clear")
+    cleared = time.monotonic() - healed
+    wait_for(lambda: sites.vpg()["state"] == "protected", 30, "VPG erp protected again")
+    wait_for(lambda: (sites.vpg()["rpo_seconds"] or 99) < RPO_OK, 30, "the RPO back")
+    caught_up = time.monotonic() - healed
+    assert a.metric("hvds_vpg_protected", vpg="erp", state="protected") == 1
+    a.ok("POST", "/vpgs/erp/checkpoints", sites.admin_a, {"tag": "after"})
+    assert sites.mirror_matches()
+    print(f"managed link cut: link_down alert {link_alert:.1f} s after the cut, RPO alert "
+          f"{rpo_alert:.1f} s after, both cleared {cleared:.1f} s after healing, RPO under "
+          f"{RPO_OK:.0f} s {caught_up:.1f} s after")  # fmt: skip

@@ -443,6 +443,7 @@ class VdsaService:
                 "targets": {
                     link.target.server_name: {
                         "connected": link.stats.connected,
+                        "down_since_ns": link.stats.down_since_ns,
                         "acked_seq": link.stats.acked_seq,
                         "bytes_in": link.stats.bytes_in,
                         "bytes_deduplicated": link.stats.bytes_deduplicated,

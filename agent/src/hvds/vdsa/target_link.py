@@ -15,7 +15,7 @@ import socket
 import ssl
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NoReturn
 
 from hvds.replication.dedup import MIN_DEDUP_BYTES, BlockCache, block_hash
@@ -59,6 +59,9 @@ class LinkStats:
     bytes_on_wire: int = 0  # after compression, frame headers included
     acked_seq: int = 0
     connected: bool = False
+    # Since when (time.time_ns()) the link has been down: its last disconnection, or the start
+    # of the link when it never connected; 0 while connected. The manager alerts on it.
+    down_since_ns: int = field(default_factory=time.time_ns)
     # When the newest checkpoint the target has made durable was cut: the RPO is now minus it.
     checkpoint_time_ns: int = 0
     # Why the target refuses the writes, if it does: "journal" (its journal is full: no write
@@ -113,6 +116,8 @@ class TargetLink:
             except Exception:
                 # A bug must not end replication for good: log it whole, and connect again.
                 log.exception("%s -> %s: unexpected error", self.vpg.name, self.target.server_name)
+            if self.stats.connected:
+                self.stats.down_since_ns = time.time_ns()
             self.stats.connected = False
             if self.stats.target_full:
                 delay = _RECONNECT_MAX
@@ -154,6 +159,7 @@ class TargetLink:
             if resume.get("fresh"):
                 self.vpg.start_full_sync()
             self.stats.connected = True
+            self.stats.down_since_ns = 0
             log.info(
                 "%s -> %s: connected, resuming at sequence %d",
                 self.vpg.name,
