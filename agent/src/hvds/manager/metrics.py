@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import select
 
@@ -16,7 +16,7 @@ class ManagerCollector(Collector):
     def __init__(self, site: SiteManager) -> None:
         self._site = site
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         rpo = GaugeMetricFamily("hvds_vpg_rpo_seconds", "Age of the newest checkpoint every "
                                 "target of the VPG holds", labels=["vpg"])  # fmt: skip
         protected = GaugeMetricFamily(
@@ -43,3 +43,12 @@ class ManagerCollector(Collector):
                 for label, target in host.status.get("targets", {}).items():
                     journal.add_metric([host.name, label], target.get("checkpoints", 0))
         yield from (rpo, protected, alert, up, journal)
+        yield GaugeMetricFamily(
+            "hvds_manager_watch_seconds",
+            "How long the last pass of the watch over every VPG took (in its worker thread)",
+            value=self._site.watch_seconds,
+        )
+        yield CounterMetricFamily(
+            "hvds_manager_watch_passes", "Passes of the watch since the manager started",
+            value=self._site.watch_passes,
+        )  # fmt: skip
