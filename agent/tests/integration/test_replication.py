@@ -548,10 +548,31 @@ def test_a_corrupt_journal_is_refused_clearly_and_the_mirror_kept(sites: Sites) 
     status = sites.vdsa_b.status()["targets"]["vpg1"]
     assert "corrupt record" in status["failed"]
     sites.host_a.wait_for(
-        lambda: "journal of vpg1 is damaged" in (sites.vdsa_a.root / "vdsa.log").read_text(),
+        lambda: "journal of vpg1 cannot be used" in (sites.vdsa_a.root / "vdsa.log").read_text(),
         what="the source to be told",
     )
     assert sha256_file(mirror) == kept  # the mirror is left as it was
+
+
+def test_a_mirror_that_cannot_be_opened_stops_its_vpg_not_the_vdsa(sites: Sites) -> None:
+    """Found by the lab: reverse protection into a disk the VDSA's sandbox could not write made
+    the VDSA exit at every start, taking every VPG of the host down with it."""
+    sites.protect({"vm1-disk0": 8 * MiB})
+    sites.start()
+    qemu_io(sites.host_a.uri("vm1-disk0"), "write -P 0x21 0 1M")
+    sites.tagged_checkpoint("before")
+    mirror = sites.vdsa_b.mirror("vm1-disk0")
+    sites.vdsa_b.stop()
+    mirror.unlink()
+    mirror.mkdir()  # the mirror's path cannot be opened as a disk any more
+
+    sites.vdsa_b.start()  # the VDSA starts and serves; that VPG is refused with the reason
+    status = sites.vdsa_b.status()["targets"]["vpg1"]
+    assert "Is a directory" in status["failed"]
+    sites.host_a.wait_for(
+        lambda: "journal of vpg1 cannot be used" in (sites.vdsa_a.root / "vdsa.log").read_text(),
+        what="the source to be told",
+    )
 
 
 def test_a_checkpoint_label_the_journal_cannot_keep_is_refused_at_the_source(

@@ -123,9 +123,12 @@ class VdsaService:
                         journal = await asyncio.to_thread(
                             open_journal, replica, settings.journal_dir, source_id
                         )
-                    except JournalError as exc:
-                        # One damaged journal must not take the other VPGs down with it.
-                        log.error("%s: journal unusable, refusing its source: %s", label, exc)
+                    except (JournalError, OSError) as exc:
+                        # One damaged journal, or a mirror that cannot be opened (a disk of
+                        # the datastore gone, a path this service may not write), must not
+                        # take the other VPGs down with it.
+                        log.error("%s: journal or mirror unusable, refusing its source: %s",
+                                  label, exc)  # fmt: skip
                         self.failed[label] = str(exc)
                         continue
                     state = TargetVpgState(replica, source_id, journal)

@@ -195,8 +195,8 @@ class TargetServer:
         for label in (journal_label(name, source), name):
             if label in self.failed:
                 raise ReplicationProtocolError(
-                    f"the journal of {label} is damaged ({self.failed[label]}): "
-                    "it must be recreated and the VPG fully resynced"
+                    f"the journal of {label} cannot be used ({self.failed[label]}): "
+                    "repair its mirrors' datastore, or recreate it and resync the VPG fully"
                 )
         refusal = self.refused(name)
         if refusal is not None:
