@@ -12,6 +12,9 @@ description:
   - Pairing lets two sites' managers talk (topology, replication targets, recovery). The peer's
     manager hands out a one-time pairing token (C(POST /api/v1/pairing-tokens) there); this
     module gives it to this site's manager, which pairs with the peer at O(peer_url).
+  - In pairing the two managers exchange the token for mutual-TLS credentials, each signing a
+    client certificate for the other with a pairing CA of its own; they call each other with
+    those certificates from then on. Both managers must serve their API over TLS.
   - A peer is known by its site name, which pairing learns from the peer, and by its URL. With
     V(present), nothing is done when a peer with the same URL (or the O(name) given) is already
     paired, so the one-time token is not needed again.

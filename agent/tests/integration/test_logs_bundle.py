@@ -32,16 +32,17 @@ def sites(tmp_path: Path) -> Iterator[TwoSites]:
 
 
 def secrets_of(sites: TwoSites) -> dict[str, str]:
-    """Every secret of both sites the test can find: API tokens, host tokens, the tokens the
-    peers call each other with (in each manager's database), pairing tokens, private keys."""
+    """Every secret of both sites the test can find: API tokens, host tokens, token digests,
+    private keys (TLS, each pairing CA's, the keys the peers call each other with)."""
     a, b = sites.manager_a, sites.manager_b
     found = {"admin a": sites.admin_a, "admin b": sites.admin_b}
     for vdsa in (sites.vdsa_a, sites.vdsa_b):
         found[f"host token {vdsa.name}"] = (vdsa.root / "manager.token").read_text().strip()
     for manager in (a, b):
+        pairing = manager.root / "state" / "pairing"
+        for key in [pairing / "ca.key", *sorted((pairing / "peers").glob("*.pem"))]:
+            found[f"{manager.site}'s key {key.name}"] = key.read_text().splitlines()[1]
         with sqlite3.connect(manager.root / "state" / "manager.db") as db:
-            for name, token in db.execute("SELECT name, token FROM peers"):
-                found[f"{manager.site}'s token for {name}"] = token
             for name, token_digest in db.execute("SELECT name, digest FROM tokens"):
                 found[f"digest of {manager.site}'s token {name}"] = token_digest
         found[f"{manager.site} TLS key"] = Path(manager.tls.key).read_text().splitlines()[1]
@@ -95,9 +96,9 @@ def test_a_log_bundle_holds_the_state_and_no_secret(sites: TwoSites, tmp_path: P
     assert "erp" in json.loads(files["hosts/a1/status.json"])["sources"]
     assert [v["name"] for v in json.loads(files["manager/db/vpgs.json"])] == ["erp"]
     (peer,) = json.loads(files["manager/db/peers.json"])
-    assert peer["name"] == "site-b" and peer["token"] == "<redacted>"
+    assert peer["name"] == "site-b" and len(peer["fingerprint"]) == 64
     tokens = json.loads(files["manager/db/tokens.json"])
-    assert {t["name"] for t in tokens} >= {"admin", "a1", "auditor", "peer:site-b"}
+    assert {t["name"] for t in tokens} >= {"admin", "a1", "auditor"}
     assert {t["digest"] for t in tokens} == {"<redacted>"}
     assert "hvds.manager" in files["manager/log.txt"]
     assert json.loads(files["manager/config.json"])["manager"]["site"] == "site-a"

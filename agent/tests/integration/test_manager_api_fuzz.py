@@ -24,15 +24,22 @@ SCHEMATHESIS = str(Path(shutil.which("schemathesis") or "schemathesis"))
 # Where the manager calls out (a peer site's manager, a host's VDSA): 502 is its documented
 # answer when that other side cannot be reached or refuses.
 CALLS_OUT = r"^/api/v1/(peers|vpgs|replicas)"
-# What only a paired site's manager may call (with its peer token).
+# What only a paired site's manager may call (with the client certificate pairing gave it).
 PEER_ONLY = r"^/api/v1/(replicas|pairing|topology)($|/)"
 
 
-def fuzz_config(sites: TwoSites, token: str, ids: dict[str, int], reports: Path) -> dict[str, Any]:
+def fuzz_config(
+    sites: TwoSites, token: str | Path, ids: dict[str, int], reports: Path
+) -> dict[str, Any]:
+    """``token``: a bearer token, or the file of a peer's client key and certificate."""
+    auth: dict[str, Any] = (
+        {"request-cert": str(token)} if isinstance(token, Path)
+        else {"headers": {"Authorization": f"Bearer {token}"}}
+    )  # fmt: skip
     return {
         "seed": 20240611,
         "workers": 1,
-        "headers": {"Authorization": f"Bearer {token}"},
+        **auth,
         "tls-verify": str(sites.ca.path),
         "request-timeout": 60,
         "generation": {"max-examples": 6},
@@ -66,7 +73,7 @@ def fuzz_config(sites: TwoSites, token: str, ids: dict[str, int], reports: Path)
 
 
 def run_schemathesis(
-    sites: TwoSites, token: str, ids: dict[str, int], root: Path, *filters: str
+    sites: TwoSites, token: str | Path, ids: dict[str, int], root: Path, *filters: str
 ) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
     root.mkdir()
     config = root / "schemathesis.toml"
@@ -87,7 +94,8 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(
     (sync,) = a.ok("GET", "/commands?vpg=erp", sites.admin_a)
     logs = a.wait_command(a.ok("POST", "/logs", sites.admin_a), sites.admin_a)
     ids = {"sync": sync["id"], "logs": logs["id"]}
-    peer = a.token("peer:site-b", "peer")
+    # Site B's manager, as A knows it: by the client certificate A signed for it at pairing.
+    peer = sites.manager_b.root / "state" / "pairing" / "peers" / "site-a.pem"
     # The deletions of the VPG and of the pairing go last: the stateful phase finds "erp" and
     # "site-b" in the lists and would delete them first, leaving the other operations 404s.
     deletions = ["DELETE /api/v1/vpgs/{name}", "DELETE /api/v1/peers/{name}"]
@@ -97,7 +105,7 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(
             "--exclude-path-regex", PEER_ONLY,
             *(arg for name in deletions for arg in ("--exclude-name", name)),
         ),
-        # What only a peer site may call, but DELETE /pairing: it ends the peer's token.
+        # What only a peer site may call, but DELETE /pairing: it ends the pairing.
         "peer": run_schemathesis(
             sites, peer, ids, tmp_path / "peer",
             "--include-path-regex", PEER_ONLY, "--exclude-name", "DELETE /api/v1/pairing",

@@ -1,4 +1,6 @@
-"""Bearer tokens: made here, shown once, kept only as SHA-256 digests; each has one role."""
+"""Who calls: a paired site's manager by the client certificate this site signed for it at
+pairing (role ``peer``, decision 0018); anyone else by a bearer token, made here, shown once,
+kept only as its SHA-256 digest, with one role (admin, viewer, host)."""
 
 from __future__ import annotations
 
@@ -13,9 +15,12 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
 
-from hvds.manager.db import Store, Token, utcnow
+from hvds.manager.db import Peer, Store, Token, utcnow
+from hvds.manager.pairing import fingerprint
+from hvds.manager.tls_scope import client_certificate
 
 ROLES = ("admin", "viewer", "host", "peer")
+TOKEN_ROLES = ("admin", "viewer", "host")  # a peer is known by its certificate, never a token
 # Who may do what: admin changes things; viewer reads; a host heartbeats; a peer site's
 # manager reads and asks for replicas.
 _MAY = {
@@ -30,7 +35,7 @@ _MAY = {
 
 _bearer = HTTPBearer(auto_error=False)
 
-PEER_PREFIX = "peer:"  # the token a paired site calls this one with is named after that site
+PEER_PREFIX = "peer:"  # a paired site, as a caller (and in the audit log): peer:<site>
 
 
 def new_token() -> str:
@@ -44,8 +49,8 @@ def digest(token: str) -> str:
 def create_token(
     store: Store, name: str, role: str, expires_at: datetime.datetime | None = None
 ) -> str:
-    if role not in ROLES:
-        raise ValueError(f"role must be one of {', '.join(ROLES)}")
+    if role not in TOKEN_ROLES:
+        raise ValueError(f"role must be one of {', '.join(TOKEN_ROLES)}")
     token = new_token()
     with store.session() as session:
         session.add(Token(name=name, role=role, digest=digest(token), expires_at=expires_at))
@@ -59,14 +64,26 @@ class Caller:
 
 
 def _caller(request: Request, credentials: HTTPAuthorizationCredentials | None) -> Caller:
+    store: Store = request.app.state.store
+    certificate = client_certificate(request)
+    if certificate is not None:
+        with store.session() as session:
+            peer = session.scalars(
+                select(Peer.name).where(Peer.fingerprint == fingerprint(certificate))
+            ).one_or_none()
+        if peer is not None:
+            caller = Caller(PEER_PREFIX + peer, "peer")
+            request.state.caller = caller  # for the audit log
+            return caller
+        if credentials is None:  # signed here once, for a site no longer paired
+            raise HTTPException(401, "this certificate is not a paired site's")
     if credentials is None:
         raise HTTPException(401, "a bearer token is required", {"WWW-Authenticate": "Bearer"})
-    store: Store = request.app.state.store
     with store.session() as session:
         row = session.scalars(
             select(Token).where(Token.digest == digest(credentials.credentials))
         ).one_or_none()
-        if row is None:
+        if row is None or row.role not in TOKEN_ROLES:  # peer tokens of old pairings: no more
             raise HTTPException(401, "unknown token", {"WWW-Authenticate": "Bearer"})
         expires = row.expires_at
         if expires is not None and expires.replace(tzinfo=datetime.UTC) <= utcnow():
@@ -77,7 +94,7 @@ def _caller(request: Request, credentials: HTTPAuthorizationCredentials | None) 
 
 
 def peer_site(caller: Caller) -> str:
-    """The paired site a peer token belongs to."""
+    """The paired site a peer caller is."""
     return caller.name.removeprefix(PEER_PREFIX)
 
 

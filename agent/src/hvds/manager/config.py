@@ -8,9 +8,10 @@ state_dir = "/var/lib/hvds/manager"
 database_url = ""                        # default: SQLite in state_dir; or postgresql://...
 
 [tls]                                    # the API's TLS; omit only on a lab's loopback
+                                         # (then no pairing: peers use client certificates)
 cert = "/etc/hvds/pki/manager.pem"
 key = "/etc/hvds/pki/manager.key"
-ca = "/etc/hvds/pki/ca.pem"              # trusted for peer managers' certificates
+ca = "/etc/hvds/pki/ca.pem"              # signs cert: given to peers at pairing to check it
 """
 
 from __future__ import annotations

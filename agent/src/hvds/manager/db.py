@@ -49,14 +49,18 @@ class PairingToken(Base):
 
 
 class Peer(Base):
-    """A paired site: where its manager is, and the token this site calls it with."""
+    """A paired site: where its manager is (and the CA its server certificate is checked
+    against), the fingerprint of the client certificate this site signed for it (what grants
+    it the peer role here), and the file of the key and certificate this site calls it with
+    (decision 0018)."""
 
     __tablename__ = "peers"
     name: Mapped[str] = mapped_column(String(63), primary_key=True)
     url: Mapped[str] = mapped_column(String(500))
-    token: Mapped[str] = mapped_column(String(200))
     ca_pem: Mapped[str] = mapped_column(default="")
     paired_at: Mapped[datetime.datetime] = mapped_column(default=utcnow)
+    fingerprint: Mapped[str] = mapped_column(String(64), default="", index=True)
+    credentials: Mapped[str] = mapped_column(String(1000), default="")
 
 
 class Host(Base):

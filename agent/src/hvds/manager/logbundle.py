@@ -13,9 +13,11 @@ What a bundle holds:
     hosts/<host>/error.txt     instead, when the VDSA could not be asked
     hosts/<host>/logs-error.txt   instead of the logs, when they could not be had
 
-Secrets never reach a bundle: API token and pairing token digests and peer tokens are replaced
-column by column, and every file then goes through a scrubber that replaces anything shaped as
-an hvds token, a PEM private key, and the value of every secret the database holds.
+Secrets never reach a bundle: API token and pairing token digests are replaced column by
+column, and every file then goes through a scrubber that replaces anything shaped as an hvds
+token, a PEM private key, and the value of every secret the database holds. The keys paired
+sites are called with, and the pairing CA's, are files of state_dir/pairing that a bundle never
+reads (the peers' rows hold only their paths and the fingerprints of public certificates).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from sqlalchemy import inspect, select
 
 from hvds import __version__
 from hvds.manager.commands import Progress
-from hvds.manager.db import Base, Host, Peer, utcnow
+from hvds.manager.db import Base, Host, utcnow
 from hvds.manager.site import SiteManager
 from hvds.manager.vdsa_client import VdsaError
 
@@ -51,7 +53,6 @@ REDACTED = "<redacted>"
 SECRET_COLUMNS = {
     "tokens": {"digest"},
     "pairing_tokens": {"digest"},
-    "peers": {"token"},
 }
 # Shapes of secrets anywhere in the text: hvds tokens (auth.new_token), PEM private keys.
 SECRET_PATTERNS = (
@@ -116,7 +117,6 @@ def _rows(site: SiteManager) -> tuple[dict[str, list[dict[str, Any]]], set[str]]
                         values[column] = REDACTED
                 rows.append(values)
             tables[table] = rows
-        secrets.update(peer.token for peer in session.scalars(select(Peer)))
     return tables, secrets
 
 

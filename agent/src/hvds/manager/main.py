@@ -1,7 +1,7 @@
 """hvds-manager: the site manager.
 
 hvds-manager run --config /etc/hvds/manager.toml
-hvds-manager token --config ... --name NAME --role admin|viewer|host|peer [--days N]
+hvds-manager token --config ... --name NAME --role admin|viewer|host [--days N]
 hvds-manager migrate --config ...           # bring the database to the newest schema
 """
 
@@ -10,16 +10,18 @@ from __future__ import annotations
 import argparse
 import datetime
 import logging
+import ssl
 import sys
 from pathlib import Path
 
 import uvicorn
 
 from hvds.manager.app import create_app
-from hvds.manager.auth import ROLES, create_token
+from hvds.manager.auth import TOKEN_ROLES, create_token
 from hvds.manager.config import ManagerConfig, load_config
 from hvds.manager.db import Store, utcnow
 from hvds.manager.site import SiteManager
+from hvds.manager.tls_scope import ClientCertProtocol
 from hvds.settings import ConfigError
 
 
@@ -29,7 +31,8 @@ def open_store(config: ManagerConfig) -> Store:
 
 
 def run(config: ManagerConfig) -> None:
-    app = create_app(SiteManager(config, open_store(config)))
+    site = SiteManager(config, open_store(config))
+    app = create_app(site)
     tls = config.tls
     print("hvds-manager ready", flush=True)
     uvicorn.run(
@@ -38,6 +41,11 @@ def run(config: ManagerConfig) -> None:
         port=config.manager.listen.port,
         ssl_certfile=str(tls.cert) if tls else None,
         ssl_keyfile=str(tls.key) if tls else None,
+        # Paired sites' managers present the client certificate this site signed for them
+        # (decision 0018); everyone else may present none.
+        ssl_cert_reqs=ssl.CERT_OPTIONAL if tls else ssl.CERT_NONE,
+        ssl_ca_certs=str(site.pairing.ca_path) if tls else None,
+        http=ClientCertProtocol,
         log_level="warning",
     )
 
@@ -55,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument("--config", type=Path, required=True, help="TOML configuration")
         if name == "token":
             command.add_argument("--name", required=True, help="who or what will use it")
-            command.add_argument("--role", required=True, choices=ROLES)
+            command.add_argument("--role", required=True, choices=TOKEN_ROLES)
             command.add_argument("--days", type=float, help="expires after N days")
     return parser
 

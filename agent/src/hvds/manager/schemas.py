@@ -315,18 +315,34 @@ class PeerOut(BaseModel):
     paired_at: Time
 
 
+Pem = Annotated[str, Field(min_length=1, max_length=16 * 1024)]
+
+
 class PairingIn(Body):
-    """A peer's side of pairing (manager to manager)."""
+    """A peer's side of pairing (manager to manager): who asks, with the one-time pairing
+    token, for a client certificate for the key of its certificate signing request."""
 
     site: Name
     url: SiteUrl
     pairing_token: Annotated[str, Field(min_length=10, max_length=200)]
-    token: Annotated[str, Field(min_length=10, max_length=200)]
+    csr: Pem
 
 
 class PairingOut(BaseModel):
+    """The asking site's client certificate, the pairing CA that signed it, and a request
+    of this site's own for the asking site to sign (``POST /pairing/certificate``)."""
+
     site: str
-    token: str
+    certificate: str
+    ca: str
+    csr: str
+
+
+class PairingCertificate(Body):
+    """The client certificate the pairing site signed for this one, and its pairing CA."""
+
+    certificate: Pem
+    ca: Pem
 
 
 class DatastoreOut(BaseModel):

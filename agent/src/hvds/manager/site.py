@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from hvds.manager.commands import Commands, Progress
 from hvds.manager.config import ManagerConfig
 from hvds.manager.db import Host, Peer, Replica, Store, Vpg, VpgMember, utcnow
+from hvds.manager.pairing import PairingAuthority
 from hvds.manager.peer_client import call_peer
 from hvds.manager.planner import disk_key, host_plan, source_hosts
 from hvds.manager.schemas import CheckpointOut, ReplicaDisk, ReplicaIn, VpgSpec
@@ -64,6 +65,9 @@ class SiteManager:
         self.name = config.manager.site
         self.store = store
         self.commands = Commands(store)
+        # Its pairing CA, made on the first start: signs the client certificates of the paired
+        # sites' managers (decision 0018).
+        self.pairing = PairingAuthority(config.manager.state_dir / "pairing", self.name)
         self._pushing: dict[str, asyncio.Task[None]] = {}
         self._watch: asyncio.Task[None] | None = None
         self._barrier_due: dict[str, float] = {}  # the watch's own (in its worker thread)
