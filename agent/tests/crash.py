@@ -39,6 +39,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -46,7 +47,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import harness
-from harness import Lab, Service, Vdsa, sha256_file
+from harness import Lab, Manager, Service, Vdsa, sha256_file
 
 from hvds.journal import Journal
 from hvds.pki import CertificateAuthority
@@ -59,6 +60,9 @@ if not (harness.BIN / "hvds-tap").exists():
 
 BLOCK = 4096
 COMPONENTS = ("tap", "source", "target")
+# The managed run (``ManagedCrashRun``): the site manager too; a tap or a source VDSA is one of
+# the two hosts', chosen at random.
+MANAGED_COMPONENTS = ("manager", "tap", "source", "target")
 SYSTEM_PYTHON = "/usr/bin/python3"  # has the libnbd bindings; the venv does not
 
 # The stamp of write i: this line, then bytes derived from it (incompressible, as most of a
@@ -168,28 +172,37 @@ class CrashPlan:
     # little behind, and a resync takes a second or two to reach it, so kills land inside them.
     bandwidth_limit: int = 8 * 1024 * 1024
     compression: bool = True
+    # The managed set-up: a VPG over two hosts whose checkpoints the site manager's barrier
+    # takes, the manager among the victims (ManagedCrashRun).
+    managed: bool = False
 
     @property
     def slots_per_disk(self) -> int:
         return self.ring // self.disks
 
     @classmethod
-    def from_env(cls, injections: int = 10) -> CrashPlan:
+    def from_env(cls, injections: int = 10, managed: bool | None = None) -> CrashPlan:
         """HVDS_CRASH_INJECTIONS, HVDS_CRASH_SEED (replay a run), HVDS_CRASH_DISKS,
-        HVDS_CRASH_RATE (writes/s), HVDS_CRASH_BANDWIDTH (bytes/s, 0: no limit),
-        HVDS_CRASH_COMPONENTS (comma-separated subset of tap,source,target)."""
+        HVDS_CRASH_RATE (writes/s), HVDS_CRASH_BANDWIDTH (bytes/s, 0: no limit; per host in
+        the managed run), HVDS_CRASH_COMPONENTS (comma-separated subset of tap,source,target,
+        and manager in the managed run), HVDS_CRASH_MANAGED=1 (the managed run)."""
         env = os.environ
+        if managed is None:
+            managed = env.get("HVDS_CRASH_MANAGED", "") not in ("", "0")
+        every = MANAGED_COMPONENTS if managed else COMPONENTS
         seed = env.get("HVDS_CRASH_SEED")
-        components = tuple(env.get("HVDS_CRASH_COMPONENTS", ",".join(COMPONENTS)).split(","))
-        if not set(components) <= set(COMPONENTS):
-            raise ValueError(f"HVDS_CRASH_COMPONENTS: choose among {COMPONENTS}")
+        components = tuple(env.get("HVDS_CRASH_COMPONENTS", ",".join(every)).split(","))
+        if not set(components) <= set(every):
+            raise ValueError(f"HVDS_CRASH_COMPONENTS: choose among {every}")
+        bandwidth = (4 if managed else 8) * 1024 * 1024
         return cls(
             injections=int(env.get("HVDS_CRASH_INJECTIONS", injections)),
             seed=int(seed) if seed else random.SystemRandom().randrange(2**32),
             disks=int(env.get("HVDS_CRASH_DISKS", 2)),
             rate=float(env.get("HVDS_CRASH_RATE", 100)),
-            bandwidth_limit=int(env.get("HVDS_CRASH_BANDWIDTH", 8 * 1024 * 1024)),
+            bandwidth_limit=int(env.get("HVDS_CRASH_BANDWIDTH", bandwidth)),
             components=components,
+            managed=managed,
         )
 
 
@@ -216,6 +229,7 @@ class Cut:
     seq: int
     tag: str
     n: int
+    time_ns: int = 0  # when it was cut (the managed run matches journals by it)
 
 
 @dataclass
@@ -244,12 +258,20 @@ class CrashReport:
     settle_seconds: float = 0.0  # from the writer's stop until the end checkpoint reached B
     verify_seconds: float = 0.0
     tracebacks: dict[str, int] = field(default_factory=dict)
+    # The managed run: barriers one host missed, checkpoints the manager reported taken (all
+    # checked to be kept), and what else the client's requests got.
+    partial_barriers: int = 0
+    holds_timed_out: int = 0
+    reported: int = 0
+    client_errors: dict[str, int] = field(default_factory=dict)
 
     def in_flight(self) -> int:
         return sum(1 for i in self.injections if i.dirty_bytes > 0)
 
     def by_component(self) -> dict[str, int]:
         counts = Counter(i.component for i in self.injections)
+        if self.plan.managed:  # tap-a1, source-a2, ...
+            return dict(sorted(counts.items()))
         return {c: counts[c] for c in self.plan.components}
 
     def unchecked(self) -> int:
@@ -274,7 +296,14 @@ class CrashReport:
             f"{len(self.bad_cuts)} checkpoints NOT a prefix of the writes, "
             f"workload {self.workload_seconds:.0f} s, settle {self.settle_seconds:.1f} s, "
             f"verification {self.verify_seconds:.1f} s; tracebacks in logs: {self.tracebacks}; "
-            f"run directory {self.root}"
+            + (
+                f"{self.reported} checkpoints the manager reported taken (each checked kept); "
+                f"{self.partial_barriers} barriers not on every host, {self.holds_timed_out} "
+                f"holds the taps let go on their own; client errors {self.client_errors}; "
+                if self.plan.managed
+                else ""
+            )
+            + f"run directory {self.root}"
         )
 
     def save(self, path: Path) -> None:
@@ -417,6 +446,42 @@ def verify_journal(
     return cuts, bad
 
 
+def verify_journals(
+    journals: Sequence[Journal], disk_ids: Sequence[int], seed: int, slots: int
+) -> tuple[list[Cut], list[BadCut], int]:
+    """As verify_journal, for a VPG whose disks are in one journal per host (disk i in
+    journal i): its checkpoints are the cuts every journal holds (matched by the cut's time),
+    each judged on all the disks together. Also returns how many cuts only some journals hold
+    (a barrier that did not reach every host: no checkpoint of the VPG)."""
+    listed = [{c.time_ns: c for c in journal.checkpoints()} for journal in journals]
+    common = sorted(set.intersection(*(set(times) for times in listed)))
+    partial = len(set.union(*(set(times) for times in listed))) - len(common)
+    cuts: list[Cut] = []
+    bad: list[BadCut] = []
+    previous = 0
+    for time_ns in common:
+        contents = [
+            journal.read_at(got[time_ns].id, disk, 0, slots * BLOCK)
+            for journal, got, disk in zip(journals, listed, disk_ids, strict=True)
+        ]
+        first = listed[0][time_ns]
+        problem = ""
+        try:
+            n = cut_of(contents, seed, slots)
+        except NotAPrefix as exc:
+            n = exc.newest + 1
+            problem = f"{exc}; the checkpoint before it held the first {previous} writes"
+        else:
+            if n < previous:
+                problem = f"holds the first {n} writes, the one before {previous}"
+        if problem:
+            bad.append(BadCut(first.id, first.seq, first.tag, time_ns, n, problem))
+        else:
+            cuts.append(Cut(first.id, first.seq, first.tag, n, time_ns))
+        previous = n
+    return cuts, bad, partial
+
+
 class CrashRun:
     """Site A: tap and source VDSA; site B: target VDSA; a writer; the injections."""
 
@@ -548,12 +613,19 @@ class CrashRun:
 
     # --- the run --------------------------------------------------------------------------
 
+    def uris(self) -> list[str]:
+        """The disks the writer writes, in the order its writes alternate over them."""
+        return [self.host.uri(name) for name in self.names]
+
+    def choose_victim(self) -> str:
+        return self.rng.choice(self.plan.components)
+
     def start_writer(self) -> None:
         script = self.root / "writer.py"
         script.write_text(WRITER)
         config = self.root / "writer.json"
         config.write_text(json.dumps({
-            "uris": [self.host.uri(name) for name in self.names],
+            "uris": self.uris(),
             "slots": self.plan.slots_per_disk,
             "seed": self.plan.seed,
             "rate": self.plan.rate,
@@ -607,7 +679,7 @@ class CrashRun:
         plan, rng = self.plan, self.rng
         self.watch(rng.uniform(*plan.run_between))
         self.check_link()
-        component = rng.choice(plan.components)
+        component = self.choose_victim()
         down = rng.uniform(*plan.down)
         dirty = self.dirty_bytes()
         acked = self.writer_log.poll()  # after the scrape: the count the kill interrupts
@@ -742,6 +814,341 @@ class CrashRun:
         report.verify_seconds = time.monotonic() - began
 
 
+class ManagedCrashRun(CrashRun):
+    """Site A: its manager (SQLite, kept across its kills) and hosts a1 and a2, each a tap that
+    serves one disk and a source VDSA; site B: its manager and host b1, the target VDSA. One
+    VPG over both disks, made through manager A's API, so that its checkpoints are the
+    manager's barrier (decision 0009) every ``checkpoint_interval``; meanwhile a client asks
+    manager A for tagged checkpoints (POST /vpgs/erp/checkpoints) and notes those it reports
+    taken. The writer alternates over the two hosts' disks: the write order spans hosts, and
+    only a barrier that held both can cut it consistently.
+
+    Victims: the manager (SIGKILL, restarted on the same database), a tap or a source VDSA of
+    either host, the target VDSA. Verified as in CrashRun, for every checkpoint both hosts'
+    journals hold (a barrier one host missed is not a checkpoint: not listed, not judged,
+    counted), and every checkpoint manager A reported taken must be among them."""
+
+    HOSTS = ("a1", "a2")
+    VPG = "erp"
+
+    def __init__(self, root: Path, plan: CrashPlan, say: Callable[[str], None] = print) -> None:
+        if plan.disks != 2 or plan.ring % (plan.disks * SPREAD):
+            raise ValueError(f"the managed run has two disks of a multiple of {SPREAD} slots")
+        self.root = root
+        self.plan = plan
+        self.say = say
+        self.rng = random.Random(plan.seed)
+        ca = CertificateAuthority(root / "pki")
+        self.ca = ca
+        self.manager_a = Manager(root / "manager-a", "site-a", ca.issue("manager-a", ["127.0.0.1"]))
+        self.manager_b = Manager(root / "manager-b", "site-b", ca.issue("manager-b", ["127.0.0.1"]))
+        for manager in (self.manager_a, self.manager_b):
+            # The watch drives the barrier: it must look as often as checkpoints are due.
+            manager.write_config(watch_interval=plan.checkpoint_interval)
+        self.admin_a = self.manager_a.token("admin", "admin")
+        self.admin_b = self.manager_b.token("admin", "admin")
+        self.names = [f"crash-disk{d}" for d in range(2)]
+        size = plan.slots_per_disk * BLOCK
+        self.taps: dict[str, Lab] = {}
+        self.sources: dict[str, Vdsa] = {}
+        for host, name in zip(self.HOSTS, self.names, strict=True):
+            lab = Lab(root / host)
+            lab.root.mkdir(parents=True)
+            lab.add_disk(name, size)
+            lab.write_config()
+            self.taps[host] = lab
+            vdsa = self._vdsa(root / host / "vdsa", host, self.manager_a)
+            vdsa.settings["tap_config"] = str(lab.config_path)
+            self.sources[host] = vdsa
+        self.target = self._vdsa(root / "b1" / "vdsa", "b1", self.manager_b)
+        self.target.target_role = True
+        datastore = root / "b1" / "ds1"
+        datastore.mkdir(parents=True)
+        self.target.sections["datastore"] = [{"name": "ds1", "path": str(datastore)}]
+        self.writer_log = WriterLog(root / "writer.log")
+        self._pending: dict[str, float] = {}  # host: since when its tap is due to connect
+        self.writer: subprocess.Popen[bytes] | None = None
+        self.report = CrashReport(plan, str(root))
+        # The checkpoints manager A answered as taken (its API's answers), and what else the
+        # client got.
+        self.reported: list[dict[str, object]] = []
+        self.client_errors: Counter[str] = Counter()
+        self._client: threading.Thread | None = None
+        self._client_stop = threading.Event()
+
+    def _vdsa(self, root: Path, name: str, manager: Manager) -> Vdsa:
+        vdsa = Vdsa(root, name, self.ca.issue(name))
+        root.mkdir(parents=True)
+        token_file = root / "manager.token"
+        token_file.write_text(manager.token(name, "host"))
+        vdsa.settings["managed_config"] = str(root / "managed.json")
+        vdsa.sections["manager"] = {
+            "url": manager.url, "token_file": str(token_file), "ca": str(self.ca.path),
+            "heartbeat_interval": 0.3,
+        }  # fmt: skip
+        return vdsa
+
+    # --- the components ------------------------------------------------------------------
+
+    def uris(self) -> list[str]:
+        return [self.taps[h].uri(n) for h, n in zip(self.HOSTS, self.names, strict=True)]
+
+    def choose_victim(self) -> str:
+        component = self.rng.choice(self.plan.components)
+        if component in ("tap", "source"):
+            return f"{component}-{self.rng.choice(self.HOSTS)}"
+        return component
+
+    def service(self, component: str) -> Service:
+        kind, _, host = component.partition("-")
+        service = {
+            "manager": lambda: self.manager_a.service,
+            "tap": lambda: self.taps[host].tap,
+            "source": lambda: self.sources[host].service,
+            "target": lambda: self.target.service,
+        }[kind]()
+        assert service is not None
+        return service
+
+    def start_tap(self, host: str) -> Service:  # type: ignore[override]
+        return self.taps[host].start_tap(vdsa_socket=str(self.sources[host].tap_socket))
+
+    def restart(self, component: str) -> None:
+        kind, _, host = component.partition("-")
+        if kind in ("tap", "source"):
+            self._pending.setdefault(host, time.time())  # its tap must connect again
+        if kind == "manager":
+            self.manager_a.start()
+        elif kind == "tap":
+            self.start_tap(host)
+        elif kind == "source":
+            self.sources[host].start()
+        else:
+            self.target.start()
+
+    def start(self) -> None:
+        self.manager_a.start()
+        self.manager_b.start()
+        self.target.start()
+        for host in self.HOSTS:
+            self.sources[host].start()
+            self.start_tap(host)
+        pairing = self.manager_b.ok("POST", "/pairing-tokens", self.admin_b)
+        self.manager_a.ok("POST", "/peers", self.admin_a, {
+            "url": self.manager_b.url, "pairing_token": pairing["token"],
+            "ca_pem": self.ca.path.read_text(),
+        })  # fmt: skip
+        self.wait_for(lambda: {h["name"] for h in self.hosts()} >= set(self.HOSTS), 30,
+                      "hosts a1 and a2 registered")  # fmt: skip
+        plan = self.plan
+        self.manager_a.ok("POST", "/vpgs", self.admin_a, {
+            "name": self.VPG,
+            "vms": [{"name": f"vm{n}", "host": h, "disks": [{"export": d}]}
+                    for n, (h, d) in enumerate(zip(self.HOSTS, self.names, strict=True))],
+            "targets": [{"site": "site-b", "host": "b1", "datastore": "ds1"}],
+            "checkpoint_interval_seconds": plan.checkpoint_interval,
+            "bandwidth_limit_bytes": plan.bandwidth_limit,
+            "compression": plan.compression,
+            "journal_history_hours": 24,
+        })  # fmt: skip
+        self.wait_for(lambda: self.vpg_state() == "protected", 120, f"VPG {self.VPG} protected")
+
+    def hosts(self) -> list[dict[str, object]]:
+        found: list[dict[str, object]] = self.manager_a.ok("GET", "/hosts", self.admin_a)
+        return found
+
+    def vpg_state(self) -> str:
+        return str(self.manager_a.ok("GET", f"/vpgs/{self.VPG}", self.admin_a)["state"])
+
+    def stop(self) -> None:
+        self._client_stop.set()
+        if self._client is not None:
+            self._client.join(90)
+        if self.writer is not None and self.writer.poll() is None:
+            self.writer.kill()
+            self.writer.wait(10)
+        for host in self.HOSTS:
+            self.taps[host].stop()
+            self.sources[host].stop()
+        self.target.stop()
+        self.manager_a.stop()
+        self.manager_b.stop()
+
+    # --- waiting --------------------------------------------------------------------------
+
+    def clean_and_consistent(self) -> bool:
+        return all(
+            self.sources[h].status()["sources"][self.VPG]["consistent"]
+            and self.taps[h].metric("hvds_tap_dirty_bytes", n) == 0
+            for h, n in zip(self.HOSTS, self.names, strict=True)
+        )
+
+    def checkpoint_at_target(self, tag: str) -> bool:
+        listing = self.target.control(op="checkpoints", vpg=self.VPG)["checkpoints"]
+        return any(c["tag"] == tag for c in listing)
+
+    def tagged_checkpoint(self, tag: str, timeout: float) -> None:
+        """Through manager A's API, as an operator would; tried again while the manager is
+        restarting or refuses (a host out of write order after a kill)."""
+        self.wait_for(self.clean_and_consistent, timeout, f"the taps clean and the VPG "
+                      f"consistent before checkpoint {tag!r}")  # fmt: skip
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            try:
+                answer = self.manager_a.api(
+                    "POST",
+                    f"/vpgs/{self.VPG}/checkpoints",
+                    self.admin_a,
+                    {"tag": tag, "description": tag},
+                )
+            except OSError as exc:
+                last = str(exc)
+            else:
+                if answer.status_code < 300:
+                    self.reported.append(answer.json())
+                    break
+                last = f"{answer.status_code} {answer.text[:300]}"
+            time.sleep(0.2)
+        else:
+            raise CrashFailure(f"checkpoint {tag!r} refused: {last}\n{self.diagnose()}")
+        self.wait_for(lambda: self.checkpoint_at_target(tag), timeout, f"checkpoint {tag!r} at B")
+
+    def ask_checkpoints(self) -> None:
+        """The client: a tagged checkpoint through manager A every 0.5-1.5 s, whatever the
+        manager's state; what it answers taken is noted."""
+        rng = random.Random(self.plan.seed + 1)
+        number = 0
+        while not self._client_stop.wait(rng.uniform(0.5, 1.5)):
+            tag = f"client-{number}"
+            number += 1
+            try:
+                answer = self.manager_a.api("POST", f"/vpgs/{self.VPG}/checkpoints",
+                                            self.admin_a, {"tag": tag})  # fmt: skip
+            except OSError:
+                self.client_errors["manager unreachable"] += 1
+                continue
+            if answer.status_code < 300:
+                self.reported.append(answer.json())
+            else:
+                self.client_errors[str(answer.status_code)] += 1
+
+    def diagnose(self) -> str:
+        lines = [f"seed {self.plan.seed}, run directory {self.root}"]
+        for name, vdsa in [*self.sources.items(), ("b1", self.target)]:
+            try:
+                lines.append(f"{name} status: {json.dumps(vdsa.status())}")
+            except (OSError, AssertionError) as exc:
+                lines.append(f"{name} status: unavailable ({exc})")
+        for host, name in zip(self.HOSTS, self.names, strict=True):
+            try:
+                lines.append(
+                    f"{host} dirty: {self.taps[host].metric('hvds_tap_dirty_bytes', name)}"
+                )
+            except (OSError, KeyError) as exc:
+                lines.append(f"{host} dirty: unavailable ({exc})")
+        lines.append(f"writer: {self.writer_log.poll()} acknowledged")
+        for path in self.logs().values():
+            if path.exists():
+                tail = path.read_text(errors="replace").splitlines()[-15:]
+                lines.append(f"--- {path} (last lines)\n" + "\n".join(tail))
+        return "\n".join(lines)
+
+    def logs(self) -> dict[str, Path]:
+        found = {"manager-a": self.manager_a.root / "manager.log",
+                 "manager-b": self.manager_b.root / "manager.log"}  # fmt: skip
+        for host in self.HOSTS:
+            found[f"tap-{host}"] = self.taps[host].root / "tap.log"
+            found[f"source-{host}"] = self.sources[host].root / "vdsa.log"
+        found["target"] = self.target.root / "vdsa.log"
+        found["writer"] = self.root / "writer.out"
+        return found
+
+    # --- the run --------------------------------------------------------------------------
+
+    def dirty_bytes(self) -> int:
+        try:
+            return int(sum(self.taps[h].metric("hvds_tap_dirty_bytes", n)
+                           for h, n in zip(self.HOSTS, self.names, strict=True)))  # fmt: skip
+        except (OSError, KeyError):
+            return -1
+
+    def check_link(self, grace: float = LINK_GRACE) -> None:
+        for host, since in list(self._pending.items()):
+            connected = last_log_time(self.taps[host].root / "tap.log", "connected to VDSA at")
+            if connected is not None and connected >= since:
+                del self._pending[host]
+            elif time.time() - since > grace:
+                raise CrashFailure(
+                    f"hang: the tap of {host} has not connected to its VDSA for "
+                    f"{time.time() - since:.1f} s since a restart\n{self.diagnose()}"
+                )
+
+    def await_link(self) -> None:
+        while self._pending:
+            self.watch(0.1)
+
+    def begin(self) -> float:
+        started = super().begin()
+        self._client = threading.Thread(target=self.ask_checkpoints, daemon=True)
+        self._client.start()
+        return started
+
+    def finish(self, started: float) -> CrashReport:
+        self._client_stop.set()
+        if self._client is not None:
+            self._client.join(90)  # an answer may take 30 s (the checkpoint's arrival)
+        return super().finish(started)
+
+    def verify(self) -> None:
+        plan, report = self.plan, self.report
+        began = time.monotonic()
+        managed = json.loads((self.target.root / "managed.json").read_text())
+        config = TargetVpg.model_validate(managed["target_vpg"][0])
+        disks = {d.source: d for d in config.disks}
+        for host, name in zip(self.HOSTS, self.names, strict=True):
+            if sha256_file(disks[host].mirror) != sha256_file(self.taps[host].exports[name]):
+                report.failures.append(f"the mirror of {name} differs from the source disk")
+        journals = [open_journal(config, self.target.root / "journal", h) for h in self.HOSTS]
+        try:
+            report.cuts, report.bad_cuts, partial = verify_journals(
+                journals, [disks[h].disk for h in self.HOSTS], plan.seed, plan.slots_per_disk
+            )
+        finally:
+            for journal in journals:
+                journal.close()
+        report.partial_barriers = partial
+        every = sorted([*report.cuts, *report.bad_cuts], key=lambda c: c.time_ns)
+        start = next((c for c in every if c.tag == "start"), None)
+        if start is None or start.n != 0:
+            report.failures.append(f"'start' {start}: want it, with no write")
+        end = next((c for c in every if c.tag == "end"), None)
+        if end is None:
+            report.failures.append("no checkpoint 'end' at the target")
+        else:
+            short = [c for c in every[every.index(end) :] if c.n != report.acked]
+            if short:
+                report.failures.append(
+                    f"checkpoint 'end' and the ones after it should hold all {report.acked} "
+                    f"acknowledged writes: {short[:3]}"
+                )
+        # Every checkpoint the manager said was taken is there, and whole (a bad one is
+        # reported as such already).
+        kept = {c.time_ns: c for c in every}
+        for taken in self.reported:
+            if int(str(taken["id"])) not in kept:
+                report.failures.append(f"checkpoint {taken} was reported taken by manager A "
+                                       "and is not at the target")  # fmt: skip
+        report.reported = len(self.reported)
+        report.client_errors = dict(self.client_errors)
+        # Barriers a kill interrupted between hold and release: the taps let go on their own.
+        report.holds_timed_out = sum(
+            (self.taps[h].root / "tap.log").read_text(errors="replace").count("not released in")
+            for h in self.HOSTS
+        )
+        report.verify_seconds = time.monotonic() - began
+
+
 def last_log_time(path: Path, text: str) -> float | None:
     """When the last line of an hvds log that contains ``text`` was written, or None."""
     data = path.read_text(errors="replace") if path.exists() else ""
@@ -755,7 +1162,7 @@ def last_log_time(path: Path, text: str) -> float | None:
 def run_crash_injection(
     root: Path, plan: CrashPlan, say: Callable[[str], None] = print
 ) -> CrashReport:
-    run = CrashRun(root, plan, say)
+    run = (ManagedCrashRun if plan.managed else CrashRun)(root, plan, say)
     try:
         return run.run()
     except CrashFailure:
@@ -767,8 +1174,12 @@ def run_crash_injection(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Exit status 0: all verified; 1: a failure."""
-    env = CrashPlan.from_env()
+    managed = "--managed" in (sys.argv[1:] if argv is None else argv)
+    env = CrashPlan.from_env(managed=managed or None)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--managed", action="store_true",
+                        help="the site manager drives the checkpoints of a VPG over two hosts, "
+                        "and is a victim too")  # fmt: skip
     parser.add_argument("--injections", type=int, default=env.injections)
     parser.add_argument("--seed", type=int, default=env.seed)
     parser.add_argument("--disks", type=int, choices=(1, 2), default=env.disks)

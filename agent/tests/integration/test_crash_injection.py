@@ -31,7 +31,8 @@ from harness import Lab
 
 from hvds.journal import DiskSpec, Journal, JournalWrite
 
-PLAN = CrashPlan.from_env(injections=10)
+PLAN = CrashPlan.from_env(injections=10, managed=False)
+MANAGED = CrashPlan.from_env(injections=8, managed=True)
 
 
 # An injection takes about 1.7 s, the verification some 30 ms per checkpoint; the suite's 300 s
@@ -42,6 +43,19 @@ def test_kill_9_at_random_loses_and_reorders_no_write(tmp_path: Path) -> None:
     report = run_crash_injection(tmp_path, PLAN)
     assert len(report.injections) == PLAN.injections
     assert report.acked > 0 and len(report.cuts) > PLAN.injections
+
+
+# The managed run's injections cost more (a restarted manager takes 2-3 s to answer).
+@pytest.mark.slow
+@pytest.mark.timeout(180 + 15 * MANAGED.injections)
+def test_kill_9_of_the_manager_driving_the_barrier_loses_no_checkpoint(tmp_path: Path) -> None:
+    """The manager among the victims while its barrier cuts a VPG over two hosts: every
+    checkpoint both hosts' journals hold is a prefix of the write order across them, and
+    every checkpoint the manager answered as taken is kept after its restarts."""
+    report = run_crash_injection(tmp_path, MANAGED)
+    assert len(report.injections) == MANAGED.injections
+    assert report.acked > 0 and len(report.cuts) > MANAGED.injections
+    assert report.reported > 2  # start, end, and the client's
 
 
 @pytest.mark.slow
