@@ -72,6 +72,16 @@ collection-docs: setup
 	  antsibull-docs collection --use-current --dest-dir build/docs hvds.replication
 	@echo "collection docs: build/docs/collections/hvds/replication/index.rst"
 
+# `molecule test` of each role (extensions/molecule/<role>: create, prepare, converge, a second
+# converge that must change nothing, verify, destroy) in systemd containers from the lab's image
+# on their own podman network (hvds-mol); molecule pinned in its own virtualenv
+# (requirements-molecule.txt, build/molecule-venv). Not part of `make test`: the four take about
+# 20 minutes on this 2-core machine (docs/decisions/0017-molecule.md). One role: make molecule ROLE=agent
+ROLE ?=
+.PHONY: molecule
+molecule: setup
+	bash scripts/molecule.sh $(ROLE)
+
 # Unit tests of the collection's plugins (tests/unit/plugins): ansible-test units in the same tree.
 ansible-units: setup
 	bash scripts/ansible-check.sh tree units

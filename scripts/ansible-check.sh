@@ -20,7 +20,7 @@ tree="$repo/build/ansible_collections/hvds/replication"
 # project's docs/) is not part of it.
 collection_paths=(
   galaxy.yml meta plugins roles playbooks changelogs README.md COPYING .ansible-lint
-  tests/sanity tests/unit tests/integration tests/config.yml docs/docsite
+  tests/sanity tests/unit tests/integration tests/config.yml docs/docsite extensions/molecule
 )
 
 build_tree() {
