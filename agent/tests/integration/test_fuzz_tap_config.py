@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import select
 import signal
 import subprocess
 import time
@@ -115,7 +116,9 @@ def test_the_tap_survives_random_configuration_files(lab: Lab, tmp_path: Path) -
         while len(reloads(log)) == before and time.monotonic() < deadline:
             time.sleep(0.02)
         assert lab.tap.proc.poll() is None, f"the tap died at input {n} (seed {run_seed})"
-        assert len(reloads(log)) > before, f"no reload logged within {timeout} s at input {n}"
+        assert len(reloads(log)) > before, (
+            f"no reload logged within {timeout} s at input {n} (seed {run_seed})"
+        )
         if not signalled:
             time.sleep(1.2)
         done = reloads(log)
@@ -154,7 +157,7 @@ def test_the_tap_survives_random_configuration_files(lab: Lab, tmp_path: Path) -
 
 def test_the_tap_starts_or_says_why_on_random_configuration_files(tmp_path: Path) -> None:
     """hvds-tap started on a random file and drop-in: it serves, or it ends with status 2 and a
-    last line that says what is wrong (no traceback), within 3 s."""
+    last line that says what is wrong (no traceback)."""
     base = make_image(tmp_path / "base.raw", MiB)
     images = [str(make_image(tmp_path / f"img{n}.raw", 64 * 1024)) for n in range(2)]
     os.mkfifo(tmp_path / "a-fifo")
@@ -178,20 +181,21 @@ def test_the_tap_starts_or_says_why_on_random_configuration_files(tmp_path: Path
             (root / "exports.d" / "d0.toml").write_bytes(drop)
         proc = subprocess.Popen([str(BIN / "hvds-tap"), "--config", str(config)],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
-        try:
-            out, err = proc.communicate(timeout=3)
-        except subprocess.TimeoutExpired:  # it runs: stop it
+        assert proc.stdout is not None
+        # Its first line says it is ready; an end of output, that it gave up.
+        ready, _, _ = select.select([proc.stdout], [], [], 30)
+        assert ready, f"hvds-tap neither started nor gave up within 30 s (seed {run_seed})"
+        if proc.stdout.readline().startswith(b"hvds-tap ready"):
             proc.send_signal(signal.SIGTERM)
-            out, err = proc.communicate(timeout=10)
-            assert b"ready" in out, err[-2000:]
+            proc.communicate(timeout=10)
             started += 1
         else:
+            _, err = proc.communicate(timeout=10)
             message = err.decode(errors="replace")
             assert b"Traceback" not in err, message
-            if proc.returncode != 0:  # its last line says why
-                assert proc.returncode == 2, (proc.returncode, message)
-                assert message.splitlines()[-1].startswith("hvds-tap: "), message
-                refused_at_start += 1
+            assert proc.returncode == 2, (proc.returncode, message)
+            assert message.splitlines()[-1].startswith("hvds-tap: "), message  # says why
+            refused_at_start += 1
         figures.add(config.stat().st_size)
     figures.extra.update(started=started, refused_at_start=refused_at_start)
     figures.report()
@@ -239,6 +243,17 @@ def test_what_the_configuration_fuzz_found(lab: Lab, tmp_path: Path) -> None:
     null = b'[[export]]\nname = "null"\npath = "/dev/null"\n'
     assert "exports reloaded: 2 served" in change("null.toml", null)
     assert served(lab) == {"base", "one"}
+    # A [tap] change is not applied by a reload, but its exports_dir was: the tap then
+    # watched, read and reported another directory, and missed the VDSA's drop-ins.
+    good = lab.config_path.read_text()
+    lab.config_path.write_text(good.replace(str(exports_dir), str(tmp_path / "elsewhere")))
+    before = len(reloads(log))
+    lab.tap.proc.send_signal(signal.SIGHUP)
+    lab.wait_for(lambda: len(reloads(log)) > before, 5, "the reload of the changed [tap]")
+    assert "need a restart" in log.read_text()
+    assert "exports reloaded: 2 served" in change("fifo.toml", b"", signalled=False)
+    assert not (tmp_path / "elsewhere").exists()
+    lab.config_path.write_text(good)
     # An export whose image is gone kept the tap from starting at all (every VM's disk).
     lab.stop()
     image.unlink()

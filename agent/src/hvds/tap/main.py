@@ -95,6 +95,9 @@ class TapServer:
             return
         if config.tap != self.config.tap:
             log.warning("reload applies exports only; [tap] changes need a restart")
+            # The running [tap] stays, exports_dir with it: taking the file's made the tap
+            # watch, read and report another directory than the one it had started with.
+            config = config.model_copy(update={"tap": self.config.tap})
         try:
             wanted = {e.name: e for e in served_exports(config)}
         except ConfigError as exc:
