@@ -168,6 +168,7 @@ def test_commit_reverse_protection_sends_only_the_changes_then_failback(
     changed = 2 * MiB
 
     assert sites.api("GET", "/vpgs/erp")["reverse_site"] is None
+    assert sites.api("GET", "/vpgs/erp/checkpoints") == []  # the commit removed the journal
     reverse = sites.command("POST", "/vpgs/erp/reverse-protection")["result"]
     assert reverse["site"] == "site-b"
     assert sites.api("GET", "/vpgs/erp")["reverse_site"] == "site-b"  # what a re-run checks
