@@ -458,7 +458,12 @@ class SiteManager:
             if new_rpo != rpo:
                 rpos.append({"vpg": name, "new": new_rpo})
             if len(hosts) > 1 and links and now >= self._barrier_due.get(name, 0):
-                due.append((name, hosts))
+                # Not while a host's last heartbeat says it is out of write order (a resync):
+                # its hold is refused, and the other hosts would cut their streams for a
+                # checkpoint the VPG does not get (the managed crash runs: more such barriers
+                # than whole ones after kills).
+                if sources is not None and all(source.get("consistent") for source in sources):
+                    due.append((name, hosts))
                 self._barrier_due[name] = now + spec["checkpoint_interval_seconds"]
         if states or rpos:
             with self.store.session() as session:
