@@ -12,7 +12,7 @@ set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
-roles=(manager agent replication_link protection_groups)
+roles=(manager agent replication_link protection_groups recovery)
 (($#)) && roles=("$@")
 for role in "${roles[@]}"; do
   [[ -f "extensions/molecule/$role/molecule.yml" ]] ||
