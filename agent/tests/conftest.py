@@ -9,7 +9,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from harness import Lab
-from sites import TwoSites
+from sites import RecoverySites, TwoSites
 
 
 @pytest.fixture
@@ -24,6 +24,16 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
 @pytest.fixture
 def sites(tmp_path: Path) -> Iterator[TwoSites]:
     sites = TwoSites(tmp_path)
+    try:
+        sites.start()
+        yield sites
+    finally:
+        sites.stop()
+
+
+@pytest.fixture
+def recovery_sites(tmp_path: Path) -> Iterator[RecoverySites]:
+    sites = RecoverySites(tmp_path)
     try:
         sites.start()
         yield sites

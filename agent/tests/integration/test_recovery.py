@@ -22,13 +22,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def sites(tmp_path: Path) -> Iterator[RecoverySites]:
-    sites = RecoverySites(tmp_path)
-    try:
-        sites.start()
-        yield sites
-    finally:
-        sites.stop()
+def sites(recovery_sites: RecoverySites) -> RecoverySites:
+    return recovery_sites
 
 
 def copies(paths: dict[str, Path], directory: Path) -> dict[str, Path]:

@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,16 +18,6 @@ from sites import RecoverySites, hashes
 
 REPO = Path(__file__).resolve().parents[3]
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def sites(tmp_path: Path) -> Iterator[RecoverySites]:
-    sites = RecoverySites(tmp_path)
-    try:
-        sites.start()
-        yield sites
-    finally:
-        sites.stop()
 
 
 def playbook(sites: RecoverySites, tmp_path: Path, name: str, **extra: object) -> str:
@@ -69,8 +58,9 @@ def vpg_at(sites: RecoverySites, site: str) -> dict[str, object]:
 
 
 def test_failover_test_move_and_failback_playbooks_act_where_the_vpg_runs(
-    sites: RecoverySites, tmp_path: Path
+    recovery_sites: RecoverySites, tmp_path: Path
 ) -> None:
+    sites = recovery_sites
     sites.protect()
     vm1 = sites.tap.uri("vm1-disk0")
 
@@ -102,8 +92,9 @@ def test_failover_test_move_and_failback_playbooks_act_where_the_vpg_runs(
 
 
 def test_a_recovery_playbook_refuses_a_vpg_no_site_runs(
-    sites: RecoverySites, tmp_path: Path
+    recovery_sites: RecoverySites, tmp_path: Path
 ) -> None:
+    sites = recovery_sites
     with pytest.raises(AssertionError, match=r"No site manager of this play .* runs the VPG nope"):
         playbook(sites, tmp_path, "failover", hvds_vpg="nope")
     with pytest.raises(AssertionError, match="hvds_recovery_vpg must name a VPG"):
