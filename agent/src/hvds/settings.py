@@ -38,6 +38,8 @@ class HostPort(StrictModel):
 
 
 Model = TypeVar("Model", bound=BaseModel)
+# The problems of an invalid file that its error names (the first ones).
+MAX_SHOWN = 10
 
 
 def load_toml(path: Path, model: type[Model]) -> Model:
@@ -54,7 +56,10 @@ def load_toml(path: Path, model: type[Model]) -> Model:
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
+        errors = exc.errors()
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in errors[:MAX_SHOWN]
         )
+        if len(errors) > MAX_SHOWN:  # a file of 1,000 bad tables made a 64 KiB message
+            problems += f"; and {len(errors) - MAX_SHOWN} more"
         raise ConfigError(f"{path}: {problems}") from exc
