@@ -248,6 +248,14 @@ def test_what_the_configuration_fuzz_found(lab: Lab, tmp_path: Path) -> None:
     null = b'[[export]]\nname = "null"\npath = "/dev/null"\n'
     assert "exports reloaded: 2 served" in change("null.toml", null)
     assert served(lab) == {"base", "one"}
+    # A NUL in a path raised ValueError out of the VDSA's heartbeat reader of these files
+    # (its heartbeats ended) and out of the tap's reload.
+    nul = b'[[export]]\nname = "nul"\npath = "/x\\u0000y"\n'
+    assert "exports reloaded: 2 served" in change("nul.toml", nul)
+    vdsa = VdsaConfig.model_validate({"vdsa": {"id": "h1", "tap_config": lab.config_path}})
+    reported = {e["name"] for e in _exports(vdsa)}  # raised ValueError
+    assert {"base", "one"} <= reported and "nul" not in reported
+    (exports_dir / "nul.toml").unlink()
     # A [tap] change is not applied by a reload, but its exports_dir was: the tap then
     # watched, read and reported another directory, and missed the VDSA's drop-ins.
     good = lab.config_path.read_text()
