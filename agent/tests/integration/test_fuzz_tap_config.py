@@ -181,8 +181,9 @@ def test_the_tap_starts_or_says_why_on_random_configuration_files(tmp_path: Path
             (root / "exports.d" / "d0.toml").write_bytes(drop)
         # stderr to a file: a message larger than a pipe holds would block the tap's exit.
         stderr = (root / "stderr").open("w+b")
+        # In tmp_path: a random file may name relative paths, which must not land in the checkout.
         proc = subprocess.Popen([str(BIN / "hvds-tap"), "--config", str(config)],
-                                stdout=subprocess.PIPE, stderr=stderr)  # fmt: skip
+                                stdout=subprocess.PIPE, stderr=stderr, cwd=tmp_path)  # fmt: skip
         assert proc.stdout is not None
         # Its first line says it is ready; an end of output, that it gave up.
         ready, _, _ = select.select([proc.stdout], [], [], 30)
