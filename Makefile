@@ -75,8 +75,8 @@ collection-docs: setup
 # `molecule test` of each role (extensions/molecule/<role>: create, prepare, converge, a second
 # converge that must change nothing, verify, destroy) in systemd containers from the lab's image
 # on their own podman network (hvds-mol); molecule pinned in its own virtualenv
-# (requirements-molecule.txt, build/molecule-venv). Not part of `make test`: the four take about
-# 20 minutes on this 2-core machine (docs/decisions/0017-molecule.md). One role: make molecule ROLE=agent
+# (requirements-molecule.txt, build/molecule-venv). Not part of `make test`: the five take 11 to
+# 23 minutes on this 2-core machine (docs/decisions/0019-molecule.md). One: make molecule ROLE=agent
 ROLE ?=
 .PHONY: molecule
 molecule: setup
