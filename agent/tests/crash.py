@@ -48,6 +48,7 @@ from pathlib import Path
 
 import harness
 from harness import Lab, Manager, Service, Vdsa, sha256_file
+from sites import managed_vdsa
 
 from hvds.journal import Journal
 from hvds.pki import CertificateAuthority
@@ -416,6 +417,18 @@ def cut_of(contents: Sequence[bytes], seed: int, slots: int) -> int:
     )
 
 
+def judge_cut(contents: Sequence[bytes], seed: int, slots: int, previous: int) -> tuple[int, str]:
+    """How many writes a checkpoint's disk contents hold, and what is wrong with it ("" if
+    nothing): not a prefix of the write order, or fewer writes than the checkpoint before."""
+    try:
+        n = cut_of(contents, seed, slots)
+    except NotAPrefix as exc:
+        return exc.newest + 1, f"{exc}; the checkpoint before it held the first {previous} writes"
+    if n < previous:
+        return n, f"holds the first {n} writes, the one before {previous}"
+    return n, ""
+
+
 def verify_journal(
     journal: Journal, disk_ids: Sequence[int], seed: int, slots: int
 ) -> tuple[list[Cut], list[BadCut]]:
@@ -426,15 +439,7 @@ def verify_journal(
     previous = 0
     for checkpoint in journal.checkpoints():
         contents = [journal.read_at(checkpoint.id, d, 0, slots * BLOCK) for d in disk_ids]
-        problem = ""
-        try:
-            n = cut_of(contents, seed, slots)
-        except NotAPrefix as exc:
-            n = exc.newest + 1
-            problem = f"{exc}; the checkpoint before it held the first {previous} writes"
-        else:
-            if n < previous:
-                problem = f"holds the first {n} writes, the one before {previous}"
+        n, problem = judge_cut(contents, seed, slots, previous)
         if problem:
             bad.append(BadCut(checkpoint.id, checkpoint.seq, checkpoint.tag, checkpoint.time_ns,
                               n, problem))  # fmt: skip
@@ -465,15 +470,7 @@ def verify_journals(
             for journal, got, disk in zip(journals, listed, disk_ids, strict=True)
         ]
         first = listed[0][time_ns]
-        problem = ""
-        try:
-            n = cut_of(contents, seed, slots)
-        except NotAPrefix as exc:
-            n = exc.newest + 1
-            problem = f"{exc}; the checkpoint before it held the first {previous} writes"
-        else:
-            if n < previous:
-                problem = f"holds the first {n} writes, the one before {previous}"
+        n, problem = judge_cut(contents, seed, slots, previous)
         if problem:
             bad.append(BadCut(first.id, first.seq, first.tag, time_ns, n, problem))
         else:
@@ -877,16 +874,7 @@ class ManagedCrashRun(CrashRun):
         self._client_stop = threading.Event()
 
     def _vdsa(self, root: Path, name: str, manager: Manager) -> Vdsa:
-        vdsa = Vdsa(root, name, self.ca.issue(name))
-        root.mkdir(parents=True)
-        token_file = root / "manager.token"
-        token_file.write_text(manager.token(name, "host"))
-        vdsa.settings["managed_config"] = str(root / "managed.json")
-        vdsa.sections["manager"] = {
-            "url": manager.url, "token_file": str(token_file), "ca": str(self.ca.path),
-            "heartbeat_interval": 0.3,
-        }  # fmt: skip
-        return vdsa
+        return managed_vdsa(root, name, self.ca, manager)
 
     # --- the components ------------------------------------------------------------------
 

@@ -13,6 +13,21 @@ from hvds.pki import CertificateAuthority
 MiB = 1024 * 1024
 
 
+def managed_vdsa(root: Path, name: str, ca: CertificateAuthority, manager: Manager) -> Vdsa:
+    """A VDSA (not started) that registers with ``manager`` as host ``name`` and takes its VPGs
+    from it."""
+    vdsa = Vdsa(root, name, ca.issue(name))
+    root.mkdir(parents=True)
+    token_file = root / "manager.token"
+    token_file.write_text(manager.token(name, "host"))
+    vdsa.settings["managed_config"] = str(root / "managed.json")
+    vdsa.sections["manager"] = {
+        "url": manager.url, "token_file": str(token_file), "ca": str(ca.path),
+        "heartbeat_interval": 0.3,
+    }  # fmt: skip
+    return vdsa
+
+
 class TwoSites:
     """Site A: manager, host a1 (VDSA + tap serving vm1-disk0). Site B: manager, host b1
     (VDSA with datastore ds1)."""
@@ -56,16 +71,7 @@ class TwoSites:
         tap.start_tap(vdsa_socket=str(vdsa.tap_socket))
 
     def _vdsa(self, root: Path, name: str, manager: Manager) -> Vdsa:
-        vdsa = Vdsa(root, name, self.ca.issue(name))
-        token_file = root / "manager.token"
-        root.mkdir(parents=True)
-        token_file.write_text(manager.token(name, "host"))
-        vdsa.settings["managed_config"] = str(root / "managed.json")
-        vdsa.sections["manager"] = {
-            "url": manager.url, "token_file": str(token_file), "ca": str(self.ca.path),
-            "heartbeat_interval": 0.3,
-        }  # fmt: skip
-        return vdsa
+        return managed_vdsa(root, name, self.ca, manager)
 
     def start(self) -> None:
         self.manager_a.start()
